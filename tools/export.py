@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Export the series commits of a patched tree back into patches/, in stable form.
+
+The commits above refs/patches/upstream-head become patch files (git format-patch with a zero
+commit id, full blob ids, no signature, no diffstat: nothing that changes between machines or
+git versions).  Each commit's Patch-Filename trailer says which file it is; a commit without one
+is a new patch, written under patches/<upstream>/ and named from its subject.
+
+  tools/export.py                          # from the cache trees tools/apply.py made
+  tools/export.py --checkout ~/src/vllm    # from your clone, after resolving or editing commits
+  tools/export.py --check                  # CI lint: do patches/ files equal a fresh
+                                           # apply-and-export? names the stale files
+
+exit codes: 0 up to date / written · 1 --check found stale files · 2 bad input · 3 internal error
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from patchseries import checkout, engine, git, patch_file, report, series as series_mod  # noqa: E402
+from patchseries.errors import EXIT_OK, EXIT_STOPPED, UserError, main_wrapper  # noqa: E402
+from patchseries.upstream_cache import UpstreamCache  # noqa: E402
+
+
+def exported_patches(tree: Path, upstream_name: str) -> list[tuple[str, bytes, bool]]:
+    """(file under patches/, bytes, is_new) for each series commit in the tree, oldest first."""
+    base = git.rev_parse(tree, engine.UPSTREAM_HEAD_REF)
+    if base is None:
+        raise UserError(f"{tree} has no {engine.UPSTREAM_HEAD_REF}: apply the series there first")
+    out = []
+    for sha in git.commits_between(tree, base, "HEAD"):
+        message = git.commit_message(tree, sha)
+        name = patch_file.trailer_value(message)
+        clean = git.copy_commit_with_message(tree, sha, patch_file.without_trailer(message))
+        data = git.format_patch(tree, clean)
+        if name is None:
+            name = f"{upstream_name}/{patch_file.slug(git.commit_subject(tree, sha))}"
+        out.append((name, data, patch_file.trailer_value(message) is None))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="tools/export.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkout", metavar="PATH", help="export from this clone instead of the cache tree")
+    ap.add_argument("--upstream", help="only this upstream")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 naming stale patch files")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
+    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    args = ap.parse_args(argv)
+    series = series_mod.load(args.series)
+    cache = UpstreamCache(args.cache, progress=not args.json)
+
+    rows = []
+    if args.checkout:
+        tree = checkout.open_checkout(args.checkout)
+        up = checkout.detect_upstream(series, tree, args.upstream)
+        rows += compare(series, up, exported_patches(tree, up.name), args.check)
+    else:
+        ups = [series.upstream(args.upstream)] if args.upstream else list(series.upstreams.values())
+        for up in ups:
+            if not series.patches_for(up.name):
+                continue
+            if args.check:
+                # Round trip on a fresh tree: apply the files, export them, compare.
+                with tempfile.TemporaryDirectory(prefix="patchseries-export-") as tmp:
+                    tree = cache.tree_at(up, Path(tmp) / "tree")
+                    outcomes = engine.TreeApplier(tree).apply(
+                        engine.load_items(series, series.patches_for(up.name)))
+                    bad = [o for o in outcomes if o.outcome not in engine.SUCCESS]
+                    if bad:
+                        raise UserError(f"{bad[0].file} does not apply at the pin ({bad[0].outcome}): "
+                                        "run tools/apply.py to see and resolve it")
+                    rows += compare(series, up, exported_patches(tree, up.name), True)
+            else:
+                tree = cache.default_tree(up)
+                if not tree.exists():
+                    raise UserError(f"no cache tree for {up.name}: run tools/apply.py first")
+                rows += compare(series, up, exported_patches(tree, up.name), False)
+
+    stale = [r for r in rows if r["state"] in ("stale", "new")]
+    if args.json:
+        report.emit_json({"check": args.check, "files": rows, "ok": not (args.check and stale)})
+    else:
+        print(report.table(["upstream", "patch file", "state"],
+                           [[r["upstream"], r["file"], r["state"]] for r in rows]))
+        if args.check and stale:
+            print(f"\n{len(stale)} patch file(s) differ from what the commits say: run tools/export.py",
+                  file=sys.stderr)
+        for r in rows:
+            if r["state"] in ("new", "written (new)"):
+                print(f"new patch {r['file']}: add an entry for it to series.yaml", file=sys.stderr)
+    return EXIT_STOPPED if args.check and stale else EXIT_OK
+
+
+def compare(series, up, exported, check_only) -> list[dict]:
+    rows = []
+    for name, data, is_new in exported:
+        path = series.patches_dir / name
+        current = path.read_bytes() if path.exists() else None
+        if current == data:
+            state = "up to date"
+        elif check_only:
+            state = "new" if current is None else "stale"
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            state = "written (new)" if current is None else "written"
+        rows.append({"upstream": up.name, "file": name, "state": state})
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main_wrapper(main))

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Where the series stands: each upstream's pin, and for each patch whether it applies there.
+
+For every upstream: the pinned release tag, commit and package-index artifact.  For every patch:
+its status (carried / upstreamed / dropped), how it applies at the pin (applied, with offset,
+3-way merged, conflict — each patch tried in order on a throwaway tree of the pinned release),
+the files it touches and its upstream links.
+
+  tools/status.py
+  tools/status.py --upstream sglang --json
+
+exit codes: 0 every carried patch applies at its pin · 1 some do not · 2 bad input · 3 internal error
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from patchseries import engine, patch_file, report, series as series_mod  # noqa: E402
+from patchseries.errors import EXIT_OK, EXIT_STOPPED, main_wrapper  # noqa: E402
+from patchseries.upstream_cache import UpstreamCache  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="tools/status.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--upstream", help="only this upstream")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
+    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    args = ap.parse_args(argv)
+    series = series_mod.load(args.series)
+    cache = UpstreamCache(args.cache, progress=not args.json)
+    ups = [series.upstream(args.upstream)] if args.upstream else list(series.upstreams.values())
+
+    data = []
+    for up in ups:
+        carried = series.patches_for(up.name)
+        outcomes = {}
+        if carried:
+            with tempfile.TemporaryDirectory(prefix="patchseries-status-") as tmp:
+                tree = cache.tree_at(up, Path(tmp) / "tree")
+                for o in engine.TreeApplier(tree).apply(engine.load_items(series, carried),
+                                                        stop_on_conflict=False):
+                    outcomes[o.name] = o
+        patches = []
+        for p in series.patches_for(up.name, include_inactive=True):
+            o = outcomes.get(p.name)
+            path = series.patch_file(p)
+            files = patch_file.touched_paths(path.read_bytes()) if path.exists() else []
+            status = p.status + (f" in {p.upstreamed_in}" if p.upstreamed_in else "") + \
+                (f": {p.reason}" if p.reason else "")
+            patches.append({"name": p.name, "file": p.file, "status": status,
+                            "at_pin": o.outcome if o else "not tried (not carried)",
+                            "detail": o.detail if o else "", "files": files, "links": list(p.links),
+                            "summary": p.summary})
+        data.append({"upstream": up.name, "ref": up.ref, "commit": up.commit,
+                     "artifact": f"{up.artifact.name} {up.artifact.version} ({up.artifact.kind})",
+                     "patches": patches})
+
+    bad = [p for u in data for p in u["patches"]
+           if p["status"] == "carried" and p["at_pin"] not in engine.SUCCESS]
+    if args.json:
+        report.emit_json({"upstreams": data, "ok": not bad})
+    else:
+        for u in data:
+            print(f"{u['upstream']}: pinned {u['ref']} (commit {u['commit'] or 'not recorded'}), "
+                  f"source {u['artifact']}")
+        print()
+        rows = [[u["upstream"], p["name"], p["status"], p["at_pin"],
+                 "\n".join(p["files"]), "\n".join(p["links"])] for u in data for p in u["patches"]]
+        print(report.table(["upstream", "patch", "status", "at the pin", "files", "links"], rows))
+    return EXIT_STOPPED if bad else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main_wrapper(main))
