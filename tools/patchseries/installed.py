@@ -23,6 +23,7 @@ from .errors import UserError
 from .series import Upstream
 
 BACKUP_DIR = ".gemma4-series-backup"
+ROLLED_BACK = "rolled back"   # would apply, but a later patch did not: installs are all or nothing
 
 
 def site_packages_of(python: str) -> Path:
@@ -125,6 +126,10 @@ class InstalledPatcher:
                     o.detail = "; ".join(re.findall(r"Hunk #\d+ succeeded at \d+ \(offset -?\d+ lines?\)",
                                                     r.stderr))
                 outcomes[item.file] = o
+            if failed and not check_only:
+                for item in todo:
+                    if outcomes[item.file].outcome in (CLEAN, OFFSET):
+                        outcomes[item.file].outcome = ROLLED_BACK
             if failed or check_only:
                 return [outcomes[i.file] for i in items]
             self._commit(todo, touched, staging, done_files)
