@@ -34,7 +34,7 @@ def test_table_names_each_patch_and_says_where_the_checkout_stands(project, tmp_
     r = project.tool("apply", "--checkout", tree)
 
     assert r.returncode == 0
-    assert "at the pinned commit" in r.stdout
+    assert "at the pinned release v1.0" in r.stdout
     assert "first" in r.stdout and "applied" in r.stdout
 
 

@@ -35,15 +35,14 @@ def detect_upstream(series: Series, tree: Path, wanted: str | None) -> Upstream:
 
 
 def pin_distance(tree: Path, upstream: Upstream, base: str) -> str:
-    """A sentence on where base (the checkout's upstream head) stands against the pinned commit."""
-    if not upstream.commit:
-        return f"pinned {upstream.ref} records no commit id: cannot compare"
-    pinned = git.rev_parse(tree, upstream.commit) or git.rev_parse(tree, upstream.ref)
+    """A sentence on where base (the checkout's upstream head) stands against the pinned release."""
+    pin = f"{upstream.ref}" + (f" (upstream commit {upstream.commit})" if upstream.commit else "")
+    pinned = (upstream.commit and git.rev_parse(tree, upstream.commit)) or git.rev_parse(tree, upstream.ref)
     if pinned is None:
-        return (f"pinned commit {upstream.commit} ({upstream.ref}) is not in this clone: "
-                "fetch upstream's tags to compare; patches are applied with 3-way merge")
+        return (f"the pinned release {pin} is not in this clone: fetch upstream's tags to compare; "
+                "patches are applied with 3-way merge")
     if pinned == base:
-        return f"at the pinned commit {upstream.commit} ({upstream.ref})"
+        return f"at the pinned release {pin}"
     ahead, behind = git.ahead_behind(tree, base, pinned)
-    return (f"{ahead} commit(s) ahead of and {behind} behind the pinned {upstream.ref} "
-            f"({upstream.commit}); patches are applied with 3-way merge")
+    return (f"{ahead} commit(s) ahead of and {behind} behind the pinned release {pin}; "
+            "patches are applied with 3-way merge")

@@ -72,8 +72,13 @@ def list_files(project: str, index_url: str | None = None) -> list[IndexFile]:
     return files
 
 
-def find_release_file(project: str, version: str, kind: str, index_url: str | None = None) -> IndexFile:
-    """The sdist, or the (pure-Python or manylinux x86-64) wheel, of one release."""
+def find_release_file(project: str, version: str, kind: str, index_url: str | None = None,
+                      sha256: str | None = None) -> IndexFile:
+    """The sdist, or the (pure-Python or manylinux x86-64) wheel, of one release.
+
+    With sha256 (the pin in series.yaml) it is the file with that hash, or an error: a release
+    can have several wheels, and a file replaced on the index must not slip in unnoticed.
+    """
     candidates = []
     for f in list_files(project, index_url):
         try:
@@ -91,6 +96,12 @@ def find_release_file(project: str, version: str, kind: str, index_url: str | No
             candidates.append(f)
     if not candidates:
         raise UserError(f"no {kind} of {project} {version} on the package index")
+    if sha256:
+        pinned = [f for f in candidates if f.sha256 == sha256]
+        if not pinned:
+            raise UserError(f"no {kind} of {project} {version} on the index has the pinned sha256 "
+                            f"{sha256} (it has: {', '.join(f.filename for f in candidates)})")
+        return pinned[0]
     return sorted(candidates, key=lambda f: f.filename)[0]
 
 

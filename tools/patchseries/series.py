@@ -204,7 +204,7 @@ class _Checker:
         value = node[key]
         if kind is not None and not isinstance(value, kind):
             self.fail(node, key, f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
-        return value
+        return str(value) if isinstance(value, str) else value  # plain str, not ruamel's quoted kinds
 
     def str_list(self, node, key, where) -> tuple[str, ...]:
         value = node.get(key) if isinstance(node, dict) else None
@@ -212,7 +212,7 @@ class _Checker:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.fail(node, key, f"{where}.{key}: expected a list of strings")
-        return tuple(value)
+        return tuple(str(v) for v in value)
 
     def unknown_keys(self, node, allowed, where):
         for k in node:
@@ -243,6 +243,7 @@ def load(path) -> Series:
     ups = c.mapping(doc, "upstreams", "upstreams") if "upstreams" in doc else c.fail(
         doc, None, "top level: missing required key 'upstreams'")
     for name, node in ups.items():
+        name = str(name)
         where = f"upstreams.{name}"
         if not isinstance(node, dict):
             c.fail(ups, name, f"{where}: expected a mapping")
@@ -268,17 +269,17 @@ def load(path) -> Series:
         if not isinstance(lay, dict):
             c.fail(node, "layout", f"{where}.layout: expected a mapping")
         c.unknown_keys(lay, ("strip", "prefix", "exclude"), f"{where}.layout")
-        prefix = lay.get("prefix") or ""
+        prefix = str(lay.get("prefix") or "")
         if prefix and (prefix.startswith("/") or ".." in prefix.split("/") or not prefix.endswith("/")):
             c.fail(lay, "prefix", f"{where}.layout.prefix: must be a relative directory ending in '/'")
         upstreams[name] = Upstream(
             name=name,
             git_url=c.get(node, "git", where),
             ref=c.get(node, "ref", where),
-            commit=commit,
+            commit=str(commit) if commit else None,
             package=c.get(node, "package", where),
             artifact=Artifact(name=c.get(art, "name", f"{where}.artifact"), version=version, kind=kind,
-                              sha256=sha),
+                              sha256=str(sha) if sha else None),
             layout=Layout(strip=int(lay.get("strip", 0)), prefix=prefix,
                           exclude=c.str_list(lay, "exclude", f"{where}.layout")),
         )
@@ -338,7 +339,7 @@ def load(path) -> Series:
             links=c.str_list(node, "links", where),
             status=status,
             upstreamed_in=str(upstreamed_in) if upstreamed_in else None,
-            reason=reason,
+            reason=str(reason) if reason else None,
             versions=str(versions) if versions is not None else None,
             tests=PatchTests(cpu=c.str_list(tests, "cpu", f"{where}.tests"),
                              gpu=c.str_list(tests, "gpu", f"{where}.tests"),

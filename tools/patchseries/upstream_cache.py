@@ -84,10 +84,8 @@ class UpstreamCache:
             if version in have:
                 return have[version]
             file = package_index.find_release_file(upstream.artifact.name, version,
-                                                   upstream.artifact.kind, self.index_url)
-            if expected_sha256 and file.sha256 != expected_sha256:
-                raise UserError(f"{file.filename}: the index's sha256 {file.sha256} differs from the "
-                                f"pinned {expected_sha256} in series.yaml")
+                                                   upstream.artifact.kind, self.index_url,
+                                                   sha256=expected_sha256)
             self._say(f"fetching {file.filename} from the package index")
             path = package_index.download(file, self.downloads, progress=self.progress)
             package_index.verify(path, file.sha256)
