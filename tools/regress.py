@@ -27,10 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from patchseries import engine, report, series as series_mod  # noqa: E402
-from patchseries.errors import EXIT_OK, EXIT_STOPPED, UserError, main_wrapper  # noqa: E402
+from patchseries.errors import EXIT_OK, EXIT_STOPPED, main_wrapper  # noqa: E402
 from patchseries.pyenv import PythonEnv  # noqa: E402
-from patchseries.regression import (  # noqa: E402
-    TestRun, judge_patch_tests, judge_upstream_tests, run_pytest)
+from patchseries.regression import judge_patch_tests, judge_upstream_tests, run_pytest  # noqa: E402
 from patchseries.upstream_cache import UpstreamCache  # noqa: E402
 
 

@@ -245,6 +245,24 @@ class TreeApplier:
             state["next"] = len(state["outcomes"])
         return self._run(state, items)
 
+    def skip_(self, items: list[SeriesItem], reason: str) -> list[PatchOutcome]:
+        """Drop the patch that stopped on a conflict (recording why), then go on with the rest."""
+        state = self.state()
+        if state is None:
+            raise UserError(f"no interrupted apply in {self.repo}: nothing to skip")
+        if not reason.strip():
+            raise UserError("--skip needs a reason (--reason '...'): it is recorded in series.yaml")
+        if git.am_in_progress(self.repo):
+            git.am_abort(self.repo)   # the am session holds just this one patch
+        index = state["next"]
+        outcomes = state["outcomes"][:index]
+        item = items[index]
+        outcomes.append(PatchOutcome(item.name, item.file, SKIPPED, f"dropped: {reason}",
+                                     files=patch_file.touched_paths(item.data)).to_dict())
+        state["outcomes"], state["next"] = outcomes, index + 1
+        self._save(state)
+        return self._run(state, items)
+
     def abort(self):
         """Back to exactly the state before the apply started: HEAD, branch, refs, files."""
         state = self.state()
