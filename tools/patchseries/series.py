@@ -140,11 +140,16 @@ class Series:
         return chosen
 
     # --- round-trip updates ----------------------------------------------------------
-    def set_upstream_pin(self, name: str, ref: str, commit: str | None, version: str):
+    def set_upstream_pin(self, name: str, ref: str, commit: str | None, version: str,
+                         sha256: str | None = None):
         node = self._doc["upstreams"][name]
         node["ref"] = ref
         node["commit"] = commit
         node["artifact"]["version"] = version
+        if sha256:
+            node["artifact"]["sha256"] = sha256
+        elif "sha256" in node["artifact"]:
+            del node["artifact"]["sha256"]
 
     def set_patch_fields(self, name: str, **fields):
         for node in self._doc["patches"]:

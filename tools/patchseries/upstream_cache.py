@@ -101,6 +101,14 @@ class UpstreamCache:
             git.tag(store, release_tag(version), commit, force=True)
             return commit
 
+    def release_sha256(self, upstream: Upstream, version: str) -> str | None:
+        """The artifact hash recorded in the release's import commit."""
+        message = git.commit_message(self.store(upstream), self.release_commit(upstream, version))
+        for line in message.splitlines():
+            if line.startswith("sha256: "):
+                return line.split()[1]
+        return None
+
     def tree_at(self, upstream: Upstream, dest: Path, version: str | None = None) -> Path:
         """A new independent clone at a release (objects borrowed from the store)."""
         version = version or upstream.artifact.version
