@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 from . import engine, exporting, git, patch_file
 from .engine import checkpoint
 from .errors import UserError
@@ -33,6 +35,13 @@ class NewBase:
     label: str              # what the user asked for: "0.21.0" or a commit-ish
     commit: str             # the commit in the tree
     version: str | None     # set when it is a package-index release
+
+
+def _version_of(label: str) -> str | None:
+    try:
+        return str(Version(label.removeprefix("v")))
+    except InvalidVersion:
+        return None
 
 
 class SeriesRebase:
@@ -222,8 +231,11 @@ class SeriesRebase:
                 row["new_commit"] = None
             else:
                 o = applied.get(name, {"outcome": engine.NOT_REACHED, "detail": "", "commit": None})
-                row["outcome"] = {engine.SKIPPED: DROPPED, engine.ALREADY: ALREADY_UPSTREAM}.get(
-                    o["outcome"], o["outcome"])
+                row["outcome"] = o["outcome"]
+                if o["outcome"] == engine.SKIPPED:
+                    row["outcome"] = DROPPED
+                elif o["outcome"] == engine.ALREADY and not o.get("commit"):
+                    row["outcome"] = ALREADY_UPSTREAM   # in the new base's files, not committed by us
                 row["detail"], row["new_commit"] = o["detail"], o.get("commit")
                 row["conflicts"] = o.get("conflicts", [])
             rows.append(row)
@@ -260,10 +272,12 @@ class SeriesRebase:
         if pin_update and version:
             self.series.set_upstream_pin(self.up.name, ref=pin_update["ref"], commit=pin_update["commit"],
                                          version=version, sha256=pin_update["sha256"])
+        # A tag like v0.21.0 of a checkout names the version upstream fixed it in, too.
+        fixed_in = version or _version_of(state["onto"]["label"])
         for r in rows:
-            if r["outcome"] in (ALREADY_UPSTREAM, FIXED_DIFFERENTLY) and version:
-                self.series.set_patch_fields(r["name"], status="upstreamed", upstreamed_in=version,
-                                             versions=f"<{version}")
+            if r["outcome"] in (ALREADY_UPSTREAM, FIXED_DIFFERENTLY) and fixed_in:
+                self.series.set_patch_fields(r["name"], status="upstreamed", upstreamed_in=fixed_in,
+                                             versions=f"<{fixed_in}")
             elif r["outcome"] == DROPPED:
                 self.series.set_patch_fields(r["name"], status="dropped",
                                              reason=r["detail"].removeprefix("dropped: "))
