@@ -98,14 +98,12 @@ class Project:
         return path
 
     def write_series(self, extra_yaml: str = ""):
-        patches = "".join(textwrap.dedent(f"""\
-          - name: {e['name']}
-            upstream: toy
-            file: {e['file']}
-            summary: {e['name']} summary
-            why: needed for the test
-            status: {e.get('status', 'carried')}
-        """) for e in self.entries)
+        patches = ""
+        for e in self.entries:
+            fields = {"name": e["name"], "upstream": "toy", "file": e["file"],
+                      "summary": f"{e['name']} summary", "why": "needed for the test",
+                      "status": "carried", **e.get("fields", {})}
+            patches += "  - " + "\n    ".join(f"{k}: {v}" for k, v in fields.items()) + "\n"
         self.series.write_text(textwrap.dedent(f"""\
             schema: 1
             upstreams:
@@ -117,7 +115,7 @@ class Project:
                 artifact: {{name: toy, version: "1.0", kind: sdist}}
                 layout: {{strip: 1, prefix: "", exclude: [PKG-INFO]}}
             patches:
-            """) + textwrap.indent(patches, "  ") + extra_yaml)
+            """) + patches + extra_yaml)
 
     def clone(self, dest: Path, rev=None) -> Path:
         subprocess.run(["git", "clone", "--quiet", str(self.upstream), str(dest)], check=True)

@@ -282,3 +282,30 @@ def test_kill_at_any_step_then_rerun_offers_continue_or_abort(project, tmp_path)
                 assert len(git.commits_between(tree, base, "HEAD")) == 2, step
                 assert "line five" in (tree / "toy/model.py").read_text()
                 assert "cfg two" in (tree / "toy/config.py").read_text()
+
+
+def test_patches_are_chosen_by_the_tree_version_and_skips_are_explained(project, tmp_path):
+    project.make_patch("carried", {"toy/a.py": "a\n"})
+    project.make_patch("fixed-in-1-1", {"toy/b.py": "b\n"})
+    project.make_patch("abandoned", {"toy/c.py": "c\n"})
+    project.make_patch("new-in-1-1", {"toy/d.py": "d\n"})
+    project.entries[1]["fields"] = {"status": "upstreamed", "upstreamed_in": "'1.1'", "versions": "<1.1"}
+    project.entries[2]["fields"] = {"status": "dropped", "reason": "upstream removed the feature"}
+    project.entries[3]["fields"] = {"versions": "'>=1.1'"}
+    project.write_series()
+    old = project.clone(tmp_path / "old")                     # tagged v1.0
+    new = project.clone(tmp_path / "new")
+    write(new, {"toy/e.py": "e\n"})
+    sh(new, "tag", "v1.1", commit_all(new, "upstream 1.1"))
+
+    on_old = json.loads(project.tool("apply", "--checkout", old, "--json").stdout)["results"][0]
+    on_new = json.loads(project.tool("apply", "--checkout", new, "--json").stdout)["results"][0]
+
+    assert on_old["version"] == "1.0" and on_new["version"] == "1.1"
+    assert {o["name"]: o["outcome"] for o in on_old["outcomes"]} == {
+        "carried": "applied", "fixed-in-1-1": "applied", "abandoned": "skipped", "new-in-1-1": "skipped"}
+    assert {o["name"]: o["outcome"] for o in on_new["outcomes"]} == {
+        "carried": "applied", "fixed-in-1-1": "skipped", "abandoned": "skipped", "new-in-1-1": "applied"}
+    details = {o["name"]: o["detail"] for o in on_new["outcomes"]}
+    assert details["fixed-in-1-1"] == "upstreamed in 1.1; this is 1.1"
+    assert details["abandoned"] == "dropped: upstream removed the feature"

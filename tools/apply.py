@@ -103,18 +103,34 @@ def apply_tree(series, up, tree: Path, args, is_user_checkout: bool) -> dict:
         n = applier.unapply()
         result["note"] = f"removed {n} series commit(s): the tree is at the upstream head"
         return result
-    items = engine.load_items(series, series.select(up.name, args.only, args.upto))
+    version = checkout.tree_version(tree, up)
+    chosen, skipped = split_plan(series.plan(up.name, version, args.only, args.upto))
+    items = engine.load_items(series, chosen)
     base = applier.upstream_head() or engine.git.head(tree)
     if is_user_checkout:
         result["note"] = checkout.pin_distance(tree, up, base)
+    result["version"] = version
     if args.cont:
-        result["outcomes"] = applier.continue_(items)
+        outcomes = applier.continue_(items)
     elif args.check:
-        applier._refuse_unsafe_start()
-        result["outcomes"] = engine.dry_run(tree, items)
+        applier.refuse_unsafe_start()
+        outcomes = engine.dry_run(tree, items)
     else:
-        result["outcomes"] = applier.apply(items)
+        outcomes = applier.apply(items)
+    result["outcomes"] = merge_in_order(series, up, outcomes, skipped)
     return result
+
+
+def split_plan(plan):
+    chosen = [p for p, why in plan if why is None]
+    skipped = [engine.PatchOutcome(p.name, p.file, engine.SKIPPED, why) for p, why in plan if why]
+    return chosen, skipped
+
+
+def merge_in_order(series, up, outcomes, skipped):
+    """Applied and skipped patches together, in series order."""
+    order = {p.name: i for i, p in enumerate(series.patches)}
+    return sorted([*outcomes, *skipped], key=lambda o: order.get(o.name, len(order)))
 
 
 def apply_installed(series, up, site: Path, args) -> dict:
@@ -128,13 +144,16 @@ def apply_installed(series, up, site: Path, args) -> dict:
         return result
     if args.cont or args.abort:
         raise UserError("--continue/--abort are for git trees: an installed package is patched all or nothing")
-    supported = [up.artifact.version]
-    patches = [p for p in series.select(up.name, args.only, args.upto)
-               if version == up.artifact.version or (p.versions and p.applies_to_version(version))]
-    if version not in supported and not patches:
-        raise UserError(f"installed {up.artifact.name} {version} is not supported: "
-                        f"this series supports {', '.join(supported)}")
-    result["outcomes"] = patcher.apply(engine.load_items(series, patches), check_only=args.check)
+    chosen, skipped = split_plan(series.plan(up.name, version, args.only, args.upto))
+    ranged = [p for p in chosen if p.versions]
+    if version != up.artifact.version and not ranged:
+        ranges = sorted({p.versions for p in series.patches if p.upstream == up.name and p.versions})
+        raise UserError(f"installed {up.artifact.name} {version} is not supported: this series supports "
+                        + ", ".join([up.artifact.version, *ranges]))
+    if version != up.artifact.version:
+        chosen = ranged   # an unranged patch is known to fit the pinned version only
+    outcomes = patcher.apply(engine.load_items(series, chosen), check_only=args.check)
+    result["outcomes"] = merge_in_order(series, up, outcomes, skipped)
     return result
 
 

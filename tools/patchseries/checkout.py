@@ -1,6 +1,7 @@
 """A user's own upstream checkout: which upstream it is, and where it stands against the pin."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from . import git
@@ -46,3 +47,14 @@ def pin_distance(tree: Path, upstream: Upstream, base: str) -> str:
     ahead, behind = git.ahead_behind(tree, base, pinned)
     return (f"{ahead} commit(s) ahead of and {behind} behind the pinned release {pin}; "
             "patches are applied with 3-way merge")
+
+
+def tree_version(tree: Path, upstream: Upstream) -> str | None:
+    """The upstream version a tree holds: its _version.py, else the nearest v* tag."""
+    path = tree / upstream.layout.prefix / upstream.package / "_version.py"
+    if path.exists():
+        m = re.search(r"^__version__\s*=\s*(?:version\s*=\s*)?['\"]([^'\"]+)['\"]", path.read_text(), re.M)
+        if m:
+            return m.group(1)
+    r = git.run(tree, "describe", "--tags", "--match", "v[0-9]*", "--abbrev=0", "HEAD", check=False)
+    return r.stdout.strip().removeprefix("v") if r.returncode == 0 and r.stdout.strip() else None

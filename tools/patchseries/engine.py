@@ -143,7 +143,7 @@ class TreeApplier:
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_path)  # atomic: a kill never leaves half a state file
 
-    def _refuse_unsafe_start(self):
+    def refuse_unsafe_start(self):
         if self.state() is not None:
             raise UserError(f"an earlier apply in {self.repo} did not finish: "
                             "rerun with --continue (after resolving) or --abort")
@@ -161,7 +161,7 @@ class TreeApplier:
 
     # --- apply ------------------------------------------------------------------------
     def apply(self, items: list[SeriesItem], stop_on_conflict=True) -> list[PatchOutcome]:
-        self._refuse_unsafe_start()
+        self.refuse_unsafe_start()
         if git.head(self.repo) is None:
             raise UserError(f"{self.repo} has no commits to apply onto")
         base = self.upstream_head()

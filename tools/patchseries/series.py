@@ -126,18 +126,34 @@ class Series:
         return [p for p in self.patches if p.upstream == upstream
                 and (include_inactive or p.status == "carried")]
 
-    def select(self, upstream: str, only: str | None = None, upto: str | None = None) -> list[Patch]:
-        """The carried patches of one upstream, in series order, narrowed by --only / --upto."""
-        chosen = self.patches_for(upstream)
+    def plan(self, upstream: str, version: str | None, only: str | None = None,
+             upto: str | None = None) -> list[tuple[Patch, str | None]]:
+        """Every patch of one upstream in series order, with None (apply it) or why it is skipped.
+
+        A carried patch applies unless its `versions` exclude this version; an upstreamed one
+        applies only to the versions its `versions` name (those before upstream had the fix).
+        """
+        entries = [p for p in self.patches if p.upstream == upstream]
         if only:
-            p = self.patch(only)
-            return [p] if p.upstream == upstream else []
-        if upto:
-            p = self.patch(upto)
-            if p.upstream != upstream:
-                return chosen
-            return chosen[: chosen.index(p) + 1] if p in chosen else chosen
-        return chosen
+            entries = [p for p in entries if p.name == self.patch(only).name]
+        elif upto:
+            target = self.patch(upto)
+            if target.upstream == upstream:
+                entries = entries[: entries.index(target) + 1]
+        plan = []
+        for p in entries:
+            known = version is not None
+            in_range = p.versions is None or (known and p.applies_to_version(version))
+            if p.status == "dropped":
+                plan.append((p, f"dropped: {p.reason}"))
+            elif p.status == "upstreamed" and not (p.versions and known and in_range):
+                plan.append((p, f"upstreamed in {p.upstreamed_in}" + (f"; this is {version}" if known else "")))
+            elif not in_range:
+                plan.append((p, f"for versions {p.versions} only; this is {version}"
+                             if known else f"for versions {p.versions} only; this tree's version is unknown"))
+            else:
+                plan.append((p, None))
+        return plan
 
     # --- round-trip updates ----------------------------------------------------------
     def set_upstream_pin(self, name: str, ref: str, commit: str | None, version: str,
