@@ -51,10 +51,11 @@ def _routing_function(per_expert_scale):
     """``Gemma4MoE.routing_function`` exactly as the tree defines it.
 
     routing_function is a closure that Gemma4MoE.__init__ builds over
-    ``per_expert_scale`` (the module's nn.Parameter). Constructing a Gemma4MoE also builds
-    the expert weights and needs TP groups and global server args, none of which routing
-    uses, so the test binds the tree's own code object to the module's globals and a
-    per_expert_scale tensor: the same function object __init__ would create.
+    ``per_expert_scale`` (the module's nn.Parameter). Building a Gemma4MoE also builds the
+    expert weights and needs TP groups and global server args, so most tests bind the
+    tree's own code object to the module's globals and a per_expert_scale tensor of the
+    dtype they need: the function __init__ would create. One test builds a real layer
+    and checks that it registers this code (gemma4_moe fixture).
     """
     gemma4_causal = _gemma4_causal()
     codes = [
@@ -361,6 +362,57 @@ def test_routing_function_dispatches_cuda_logits_to_fused_kernel(monkeypatch, dt
         ), "kernel gets the layer's per_expert_scale"
         assert bound["topk"] == 8, "kernel gets top_k_experts"
         assert result is spy.result, "routing_function returns the kernel's output"
+
+
+@pytest.fixture
+def gemma4_moe(sglang_cpu_dist, monkeypatch, tmp_path):
+    """A real, tiny Gemma4MoE layer built on CPU (16 experts, top-4)."""
+    from transformers import Gemma4TextConfig
+
+    import sglang.srt.server_args as server_args
+
+    config = Gemma4TextConfig(
+        hidden_size=64,
+        num_experts=16,
+        top_k_experts=4,
+        moe_intermediate_size=32,
+        enable_moe_block=True,
+        architectures=["Gemma4ForCausalLM"],
+    )
+    config.save_pretrained(tmp_path)  # ServerArgs reads the model's config.json
+    monkeypatch.setattr(
+        server_args,
+        "_global_server_args",
+        server_args.ServerArgs(model_path=str(tmp_path), device="cpu"),
+    )
+    return _gemma4_causal().Gemma4MoE(hidden_size=64, layer_id=0, config=config)
+
+
+def test_gemma4_moe_layer_routes_cuda_logits_through_fused_kernel_once(
+    monkeypatch, gemma4_moe
+):
+    """A Gemma4MoE layer's TopK step (select_experts -> routing_function) on CUDA logits is
+    one fused-kernel call with the layer's own per_expert_scale; the tests above bind the
+    same routing_function code."""
+    spy = _install_kernel_spy(monkeypatch)
+    registered = gemma4_moe.topk.topk_config.custom_routing_function
+    assert registered.__code__ is (
+        _routing_function(gemma4_moe.per_expert_scale).__code__
+    ), "Gemma4MoE registers routing_function as its TopK custom routing function"
+
+    hidden_states = torch.randn(5, 64)
+    router_logits = torch.randn(5, 16).as_subclass(_ReportsCuda)
+    topk_output = gemma4_moe.topk(hidden_states, router_logits)
+
+    assert len(spy.calls) == 1, "one fused-kernel call per MoE layer routing step"
+    args, kwargs = spy.calls[0]
+    bound = dict(zip(("gating_output", "per_expert_scale", "topk"), args), **kwargs)
+    assert bound["gating_output"] is router_logits, "kernel gets the router logits"
+    assert (
+        bound["per_expert_scale"] is gemma4_moe.per_expert_scale
+    ), "kernel gets the layer's per_expert_scale parameter"
+    assert bound["topk"] == 4, "kernel gets config.top_k_experts"
+    assert topk_output.topk_weights is spy.result[0], "TopK uses the kernel's weights"
 
 
 def _assert_torch_path(monkeypatch, spy, routing_function, gating_output, topk):
