@@ -89,7 +89,11 @@ def main(argv=None) -> int:
             rb.abort()
             if not args.checkout:
                 shutil.rmtree(tree)
-            print(f"aborted: {tree if args.checkout else 'series.yaml and patches/'} back as before")
+            restored = str(tree) if args.checkout else "series.yaml and patches/"
+            if args.json:
+                report.emit_json({"aborted": True, "restored": restored, "patches": []})
+            else:
+                print(f"aborted: {restored} back as before")
             return EXIT_OK
         state = rb.skip(args.reason, runner.fixed_upstream) if args.skip else rb.continue_(runner.fixed_upstream)
     else:
