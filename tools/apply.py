@@ -27,21 +27,18 @@ exit codes:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from patchseries import checkout, engine, report, series as series_mod  # noqa: E402
+from patchseries import cli, checkout, engine, report  # noqa: E402
 from patchseries.errors import EXIT_OK, EXIT_STOPPED, UserError, main_wrapper  # noqa: E402
 from patchseries.installed import InstalledPatcher, installed_version, site_packages_of  # noqa: E402
-from patchseries.upstream_cache import UpstreamCache  # noqa: E402
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="tools/apply.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.command_parser("apply", __doc__)
     target = ap.add_mutually_exclusive_group()
     target.add_argument("--checkout", metavar="PATH", help="a git clone of vLLM or SGLang")
     target.add_argument("--site-packages", metavar="DIR", help="a site-packages holding vllm or sglang")
@@ -56,15 +53,13 @@ def parse_args(argv):
     mode.add_argument("--abort", action="store_true", help="undo an interrupted apply, back to the exact prior state")
     mode.add_argument("--unapply", action="store_true", help="return the tree to the upstream head / restore the files")
     ap.add_argument("--force", action="store_true", help="with --unapply on site-packages: restore even changed files")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
-    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    cli.add_common_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    series = series_mod.load(args.series)
+    series, cache = cli.load(args)
     results = []   # one dict per upstream
     if args.site_packages or args.python:
         site = Path(args.site_packages) if args.site_packages else site_packages_of(args.python)
@@ -81,7 +76,6 @@ def main(argv=None) -> int:
         up = checkout.detect_upstream(series, tree, args.upstream)
         results.append(apply_tree(series, up, tree, args, is_user_checkout=True))
     else:
-        cache = UpstreamCache(args.cache, progress=not args.json)
         ups = [series.upstream(args.upstream)] if args.upstream else list(series.upstreams.values())
         for up in ups:
             tree = cache.ensure_default_tree(up)

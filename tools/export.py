@@ -15,31 +15,25 @@ exit codes: 0 up to date / written · 1 --check found stale files · 2 bad input
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from patchseries import checkout, engine, report, series as series_mod  # noqa: E402
+from patchseries import cli, checkout, engine, report  # noqa: E402
 from patchseries.exporting import compare, exported_patches  # noqa: E402
 from patchseries.errors import EXIT_OK, EXIT_STOPPED, UserError, main_wrapper  # noqa: E402
-from patchseries.upstream_cache import UpstreamCache  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="tools/export.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.command_parser("export", __doc__)
     ap.add_argument("--checkout", metavar="PATH", help="export from this clone instead of the cache tree")
     ap.add_argument("--upstream", help="only this upstream")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 naming stale patch files")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
-    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    cli.add_common_options(ap)
     args = ap.parse_args(argv)
-    series = series_mod.load(args.series)
-    cache = UpstreamCache(args.cache, progress=not args.json)
+    series, cache = cli.load(args)
 
     rows = []
     if args.checkout:

@@ -26,7 +26,6 @@ exit codes: 0 rebased and verified · 1 stopped at a conflict, or a regression c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -36,17 +35,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from patchseries import checkout, engine, git, report, series as series_mod  # noqa: E402
+from patchseries import cli, checkout, engine, git, report  # noqa: E402
 from patchseries.errors import EXIT_OK, EXIT_STOPPED, UserError, main_wrapper  # noqa: E402
 from patchseries.pyenv import PythonEnv  # noqa: E402
 from patchseries.rebasing import NewBase, SeriesRebase  # noqa: E402
 from patchseries.regression import PASSED, judge_patch_tests, run_pytest  # noqa: E402
-from patchseries.upstream_cache import UpstreamCache, release_tag  # noqa: E402
+from patchseries.upstream_cache import release_tag  # noqa: E402
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="tools/rebase.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.command_parser("rebase", __doc__)
     ap.add_argument("upstream", help="vllm or sglang")
     ap.add_argument("--onto", metavar="REF", help="a release version (0.21.0) or, with --checkout, a commit-ish")
     ap.add_argument("--checkout", metavar="PATH", help="rebase in your clone instead of the cache")
@@ -59,17 +57,14 @@ def parse_args(argv):
                     "then cannot detect 'fixed upstream differently')")
     ap.add_argument("--env-python", metavar="EXE", help="interpreter for the regression tests")
     ap.add_argument("--report-dir", metavar="DIR", help="where the report goes (default: reports/ in the project)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
-    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    cli.add_common_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    series = series_mod.load(args.series)
+    series, cache = cli.load(args)
     up = series.upstream(args.upstream)
-    cache = UpstreamCache(args.cache, progress=not args.json)
     resuming = args.cont or args.skip or args.abort
     if not resuming and not args.onto:
         raise UserError("say where to rebase to: --onto VERSION (or a commit-ish with --checkout)")

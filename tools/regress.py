@@ -18,7 +18,6 @@ exit codes: 0 every patch verified both ways · 1 some patch is not (the table s
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -26,27 +25,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from patchseries import engine, report, series as series_mod  # noqa: E402
+from patchseries import cli, engine, report  # noqa: E402
 from patchseries.errors import EXIT_OK, EXIT_STOPPED, main_wrapper  # noqa: E402
 from patchseries.pyenv import PythonEnv  # noqa: E402
 from patchseries.regression import judge_patch_tests, judge_upstream_tests, run_pytest  # noqa: E402
-from patchseries.upstream_cache import UpstreamCache  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="tools/regress.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.command_parser("regress", __doc__)
     ap.add_argument("--upstream", help="only this upstream")
     ap.add_argument("--patch", metavar="NAME", help="only this patch (the ones before it are applied too)")
     ap.add_argument("--gpu", action="store_true", help="run the GPU tests (tests.gpu) instead of the CPU ones")
     ap.add_argument("--no-upstream-tests", action="store_true", help="skip upstream's own unit tests")
     ap.add_argument("--env-python", metavar="EXE", help="use this interpreter instead of building an environment")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
-    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    cli.add_common_options(ap)
     args = ap.parse_args(argv)
-    series = series_mod.load(args.series)
-    cache = UpstreamCache(args.cache, progress=not args.json)
+    series, cache = cli.load(args)
     only = series.patch(args.patch) if args.patch else None
     ups = [series.upstream(args.upstream)] if args.upstream else list(series.upstreams.values())
     if only:

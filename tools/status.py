@@ -13,28 +13,22 @@ exit codes: 0 every carried patch applies at its pin · 1 some do not · 2 bad i
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from patchseries import engine, patch_file, report, series as series_mod  # noqa: E402
+from patchseries import cli, engine, patch_file, report  # noqa: E402
 from patchseries.errors import EXIT_OK, EXIT_STOPPED, main_wrapper  # noqa: E402
-from patchseries.upstream_cache import UpstreamCache  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="tools/status.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.command_parser("status", __doc__)
     ap.add_argument("--upstream", help="only this upstream")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--series", default=str(series_mod.find_series_file()), help=argparse.SUPPRESS)
-    ap.add_argument("--cache", metavar="DIR", help="cache directory (default ~/.cache/gemma4-series)")
+    cli.add_common_options(ap)
     args = ap.parse_args(argv)
-    series = series_mod.load(args.series)
-    cache = UpstreamCache(args.cache, progress=not args.json)
+    series, cache = cli.load(args)
     ups = [series.upstream(args.upstream)] if args.upstream else list(series.upstreams.values())
 
     data = []

@@ -11,7 +11,6 @@ Carry the parts over in as many transfers as needed into one staging directory o
 """
 from __future__ import annotations
 
-import hashlib
 import lzma
 import os
 import re
@@ -20,6 +19,7 @@ import tarfile
 from pathlib import Path
 
 from .errors import UserError
+from .package_index import sha256_of
 
 INSTALL_SH = r"""#!/usr/bin/env bash
 # Offline bundle installer (made by tools/build.py). Usage:
@@ -71,21 +71,13 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * mult
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_bundle(tree: Path, out: Path, max_part: int) -> list[Path]:
     """Pack tree into out/ as verified parts of at most max_part bytes; returns the parts."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*"):
         old.unlink()
     files = sorted(p for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
-    (out / "FILES.sha256").write_text("".join(f"{_sha(p)}  ./{p.relative_to(tree)}\n" for p in files))
+    (out / "FILES.sha256").write_text("".join(f"{sha256_of(p)}  ./{p.relative_to(tree)}\n" for p in files))
     archive = out / "bundle.tar.xz"
     with lzma.open(archive, "wb", preset=6) as xz, tarfile.open(fileobj=xz, mode="w") as tf:
         for p in files:
@@ -100,7 +92,7 @@ def write_bundle(tree: Path, out: Path, max_part: int) -> list[Path]:
             part = out / f"part-{i:03d}"
             part.write_bytes(block)
             parts.append(part)
-    sums = [f"{_sha(p)}  {p.name}\n" for p in parts] + [f"{_sha(archive)}  bundle.tar.xz\n"]
+    sums = [f"{sha256_of(p)}  {p.name}\n" for p in parts] + [f"{sha256_of(archive)}  bundle.tar.xz\n"]
     (out / "SHA256SUMS").write_text("".join(sums))
     archive.unlink()
     (out / "install.sh").write_text(INSTALL_SH)
