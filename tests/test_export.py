@@ -14,6 +14,8 @@ def test_apply_then_export_gives_byte_identical_patch_files(project, tmp_path):
                            message="toy: subject only"),
         project.make_patch("crlf", {"toy/win.txt": b"a\r\nb\r\n"},
                            message="toy: with trailers\n\nBody.\n\nSigned-off-by: A <a@example.com>\n"),
+        project.make_patch("tagged", {"toy/tag.py": "t = 1\n"},
+                           message="[Model][Spec Decode] Toy: upstream-style subject tags\n\nBody.\n"),
     ]
     before = {p: p.read_bytes() for p in paths}
     tree = project.clone(tmp_path / "tree")
@@ -24,7 +26,7 @@ def test_apply_then_export_gives_byte_identical_patch_files(project, tmp_path):
 
     assert check.returncode == 0, check.stdout + check.stderr
     assert r.returncode == 0
-    assert [f["state"] for f in json.loads(r.stdout)["files"]] == ["up to date"] * 3
+    assert [f["state"] for f in json.loads(r.stdout)["files"]] == ["up to date"] * 4
     assert {p: p.read_bytes() for p in paths} == before
 
 

@@ -185,6 +185,7 @@ def am(repo, patch: bytes, three_way=True, extra_env=None) -> Result:
     """Apply one mailbox patch as a commit; returns the result (does not raise)."""
     args = ["am",
             "--keep-cr",            # CRLF files keep their CRs (mailbox splitting strips them otherwise)
+            "--keep-non-patch",     # keep subject tags like "[Model]"; strip only "[PATCH]"
             "--committer-date-is-author-date",  # same commit ids on every machine and every run
             "--no-gpg-sign"]
     if three_way:
