@@ -309,3 +309,19 @@ def test_patches_are_chosen_by_the_tree_version_and_skips_are_explained(project,
     details = {o["name"]: o["detail"] for o in on_new["outcomes"]}
     assert details["fixed-in-1-1"] == "upstreamed in 1.1; this is 1.1"
     assert details["abandoned"] == "dropped: upstream removed the feature"
+
+
+def test_rerun_after_the_patch_file_changed_says_the_tree_has_an_older_version(project, tmp_path):
+    path = project.make_patch("first", {"toy/model.py": numbered(40).replace("line 5\n", "line five\n")})
+    tree = project.clone(tmp_path / "tree")
+    assert project.tool("apply", "--checkout", tree).returncode == 0
+    project.make_patch("first", {"toy/model.py": numbered(40).replace("line 5\n", "line FIVE\n")})
+    project.entries.pop()
+    project.write_series()
+    assert "line FIVE" in path.read_text()
+
+    r = project.tool("apply", "--checkout", tree, "--json")
+
+    o = json.loads(r.stdout)["results"][0]["outcomes"][0]
+    assert o["outcome"] == "already applied"
+    assert "an older version of this patch is committed here" in o["detail"]

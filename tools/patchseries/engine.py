@@ -72,6 +72,12 @@ def applied_files(repo, base) -> dict[str, str]:
     return out
 
 
+def same_change(repo, commit: str, data: bytes) -> bool:
+    """Does the commit make the change the patch file describes (git patch-id)?"""
+    shown = git.run(repo, "show", "--format=", "--full-index", commit, binary=True).stdout
+    return git.patch_id(repo, shown) == git.patch_id(repo, data)
+
+
 def _offsets(verbose_stderr: str) -> list[str]:
     return re.findall(r"Hunk #\d+ succeeded at \d+ \(offset -?\d+ lines?\)", verbose_stderr)
 
@@ -192,6 +198,9 @@ class TreeApplier:
             if item.file in already:
                 o = PatchOutcome(item.name, item.file, ALREADY, "committed earlier in this tree",
                                  files=patch_file.touched_paths(item.data), commit=already[item.file])
+                if not same_change(self.repo, already[item.file], item.data):
+                    o.detail = ("an older version of this patch is committed here: "
+                                "--unapply and apply again to update it")
             else:
                 o = classify_and_apply(self.repo, item)
             if o.outcome == CONFLICT and not stop_on_conflict_of(state):
