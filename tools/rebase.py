@@ -146,16 +146,14 @@ class TestRunner:
             return run_pytest(self.python, list(patch.tests.cpu), clone, root, self.series.root,
                               self.series.root / "tests" / "regression" / "pytest.ini")
 
-    def fixed_upstream(self, patch, new_base) -> str | None:
-        """A verdict when the patch's own tests already pass on the new base without it."""
+    def fixed_upstream(self, patch, new_base) -> tuple[bool, str | None]:
+        """(do the patch's own tests already pass on the new base without it, their summary)."""
         if self.args.no_tests or not patch.tests.cpu:
-            return None
+            return False, None
         say(self.args, f"{patch.name}: do its regression tests already pass on the new base?")
         run = self.run(patch, new_base, self.tree_of())
         fix_tests = [r for r in run.records.values() if not r["keeps_upstream"]]
-        if fix_tests and all(r["outcome"] == PASSED for r in fix_tests):
-            return f"its regression tests pass on the new base without it ({run.summary()})"
-        return None
+        return bool(fix_tests) and all(r["outcome"] == PASSED for r in fix_tests), run.summary()
 
     def tree_of(self) -> Path:
         return Path(self.args.checkout).resolve() if self.args.checkout else \

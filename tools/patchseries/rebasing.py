@@ -150,9 +150,12 @@ class SeriesRebase:
                                                  f"same patch id as upstream commit {upstream_ids[pid][:12]}"]
                 continue
             if test_runner is not None:
-                verdict = test_runner(self.series.patch(item.name), new_base)
-                if verdict:
-                    state["preflight"][item.name] = [FIXED_DIFFERENTLY, verdict]
+                fixed, summary = test_runner(self.series.patch(item.name), new_base)
+                if summary:
+                    state.setdefault("tests_on_new_base", {})[item.name] = summary
+                if fixed:
+                    state["preflight"][item.name] = [FIXED_DIFFERENTLY, f"its regression tests pass on "
+                                                     f"the new base without it ({summary})"]
         state["phase"] = "apply"
         self.save(state)
         checkpoint("rebase:preflight")
@@ -238,6 +241,10 @@ class SeriesRebase:
                     row["outcome"] = ALREADY_UPSTREAM   # in the new base's files, not committed by us
                 row["detail"], row["new_commit"] = o["detail"], o.get("commit")
                 row["conflicts"] = o.get("conflicts", [])
+            row["tests_on_new_base"] = state.get("tests_on_new_base", {}).get(name)
+            if row["outcome"] == engine.CONFLICT and row["tests_on_new_base"]:
+                # Part of the fix may be upstream already: say what its own tests found.
+                row["detail"] += f"; its regression tests on the new base without it: {row['tests_on_new_base']}"
             rows.append(row)
         return rows
 
