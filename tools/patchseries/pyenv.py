@@ -5,6 +5,7 @@ One environment per upstream, version and requirements file content, cached unde
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -31,6 +32,16 @@ class PythonEnv:
         done = env.path / ".complete"
         if done.exists():
             return env
+        env.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(env.path.parent / f"{env.path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)   # a second process waits for the first one's build
+            if done.exists():
+                return env
+            env._build(requirements, label, progress)
+        return env
+
+    def _build(self, requirements: Path, label: str, progress: bool):
+        env, done = self, self.path / ".complete"
         if env.path.exists():
             shutil.rmtree(env.path)   # an earlier build was interrupted
         if progress:
@@ -45,4 +56,3 @@ class PythonEnv:
             last = (p.stderr.strip().splitlines() or ["pip failed"])[-1]
             raise UserError(f"building the {label} test environment failed: {last}")
         done.write_text(requirements.read_text())
-        return env
