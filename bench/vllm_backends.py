@@ -1,0 +1,810 @@
+#!/usr/bin/env python3
+"""Benchmark: vLLM 0.20.2 Gemma 4 attention backends, unpatched vs patch
+`gemma4-per-layer-attention-backend` (per-layer selection instead of TRITON_ATTN for all layers).
+
+Both sides run the real vLLM 0.20.2 wheel (trimmed for Hopper) on the GPU host: the unpatched tree is
+the wheel as built by tools/build.py with no vLLM patch; the patched tree is a copy of it patched on
+the host by the project's own `tools/apply.py --site-packages` (Python files only, verified).  One
+device run measures both, each engine in its own process (unpatched first), same prompts.
+
+  # here: build the unpatched offline bundle (tools/build.py), split it into one folder per transfer,
+  # snapshot the patch into a stage series, fetch the wheels tools/apply.py needs on the host
+  python3 bench/vllm_backends.py prepare .stage/vllm
+  # on the GPU host, one transfer per part (carry .stage/vllm/cN):
+  bash .stage/vllm/cN/install.sh stage /tmp/stage
+  # on the GPU host, last call: install, patch the copy, measure both trees, run the GPU test
+  python3 bench/vllm_backends.py run .stage/vllm --out $OUT
+  # here: record the JSON it wrote as bench/results/vllm_backends.{json,md}
+  python3 bench/vllm_backends.py record /path/to/vllm_backends.json
+
+Model: Gemma-4-E4B-shaped text model (bench/gemma4-e4b-text.config.json: 42 layers = 35 sliding
+head_dim 256 + 7 full head_dim 512), dummy weights (load_format="dummy"), bf16, CUDA graphs.
+Workloads (best of --reps): prefill 32x4096 (16 out), prefill 16x8192 (16 out), decode b=1 at 1024
+in / 256 out, decode b=16 at 1024 and at 8192 in.  Decode tok/s = B*255 / (t(256 out) - t(1 out)).
+Agreement: greedy tokens and top-k logprobs of both trees on the same dummy weights and prompts.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PATCH_NAME = "gemma4-per-layer-attention-backend"
+PATCH_FILE = "vllm/gemma4-per-layer-attention-backend.patch"
+CONFIG = ROOT / "bench" / "gemma4-e4b-text.config.json"
+DEPS = ROOT / "bench" / "vllm-0.20.2-offline-deps.txt"
+DROP = ["vllm/vllm_flash_attn/_vllm_fa2_C*", "vllm/_moe_C*", "vllm/third_party/deep_gemm*",
+        "vllm/vllm_flash_attn/cute*"]
+TOOL_WHEELS = ["ruamel.yaml==0.19.1", "unidiff==1.0.1"]   # packaging is on the host
+HOST_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+            "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+MODEL_DIR = Path("/tmp/gemma4-e4b-dummy")
+WORKLOADS = ["prefill_32x4096", "prefill_16x8192", "decode_b1_1024", "decode_b16_1024",
+             "decode_b16_8192"]
+TARGETS = {"prefill": 1.15, "decode_b16_8192": 1.2, "floor": 0.98}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- prepare (here, CPU)
+
+def _series_copy(dest_dir: Path, vllm_patch: bool):
+    """series.yaml copied into dest_dir with the vLLM patches removed, or replaced by this one patch
+    (its file snapshotted into dest_dir/patches, so the run measures a known version of it)."""
+    from ruamel.yaml import YAML
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    doc = yaml.load((ROOT / "series.yaml").read_text())
+    keep = [p for p in (doc.get("patches") or []) if p["upstream"] != "vllm"]
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if (dest_dir / "patches").is_symlink() or (dest_dir / "patches").is_file():
+        (dest_dir / "patches").unlink()
+    elif (dest_dir / "patches").exists():
+        shutil.rmtree(dest_dir / "patches")
+    if vllm_patch:
+        keep = [{"name": PATCH_NAME, "upstream": "vllm", "file": PATCH_FILE,
+                 "summary": "Gemma 4: attention backend per layer instead of TRITON_ATTN for all layers",
+                 "why": "snapshot for bench/vllm_backends.py", "status": "carried"}]
+        (dest_dir / "patches" / "vllm").mkdir(parents=True)
+        shutil.copy2(ROOT / "patches" / PATCH_FILE, dest_dir / "patches" / PATCH_FILE)
+    else:
+        (dest_dir / "patches").symlink_to(ROOT / "patches")
+    doc["patches"] = keep
+    with open(dest_dir / "series.yaml", "w") as f:
+        yaml.dump(doc, f)
+    return dest_dir / "series.yaml"
+
+
+def prepare(stage: Path, max_part: str):
+    stage = stage.resolve()
+    stage.mkdir(parents=True, exist_ok=True)
+    meta = stage / "meta"          # what the last device call needs besides its bundle part
+    base = _series_copy(stage / "series-unpatched", vllm_patch=False)
+    patched = _series_copy(meta / "series-patched", vllm_patch=True)
+    cmd = [sys.executable, str(ROOT / "tools" / "build.py"), "vllm", "--series", str(base),
+           "--target", "/tmp/vllm-0.20.2-unpatched/site-packages"]
+    for g in DROP:
+        cmd += ["--drop", g]
+    cmd += ["--deps", str(DEPS), "--bundle", str(stage / "bundle"), "--max-part", max_part, "--json"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"build failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
+    build = json.loads(p.stdout)
+    if build["series_files"]:
+        raise SystemExit(f"the unpatched build touched series files: {build['series_files']}")
+    # one folder per transfer: the installer, the sums and one part each
+    parts = sorted((stage / "bundle").glob("part-*"))
+    for old in stage.glob("c[0-9]*"):
+        shutil.rmtree(old)
+    for i, part in enumerate(parts, 1):
+        d = stage / f"c{i}"
+        d.mkdir()
+        for f in ("install.sh", "SHA256SUMS", "FILES.sha256"):
+            shutil.copy2(stage / "bundle" / f, d / f)
+        shutil.move(str(part), d / part.name)
+    # wheels tools/apply.py needs on the host
+    tw = meta / "tool-wheels"
+    shutil.rmtree(tw, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "-d", str(tw), *TOOL_WHEELS], check=True)
+    # the patched config.py as tools/apply.py must produce it (checked on the host)
+    sys.path.insert(0, str(ROOT / "tools"))
+    from patchseries import series as series_mod
+    from patchseries.installed import InstalledPatcher
+    from patchseries import engine
+    ser = series_mod.load(patched)
+    up = ser.upstream("vllm")
+    probe = Path("/tmp/vllm-0.20.2-probe")
+    shutil.rmtree(probe, ignore_errors=True)
+    shutil.copytree("/tmp/vllm-0.20.2-unpatched/site-packages", probe)
+    outcomes = InstalledPatcher(probe, up).apply(engine.load_items(ser, list(ser.patches_for("vllm"))))
+    rel = "vllm/model_executor/models/config.py"
+    info = {"wheel": build["wheel"], "build_command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
+            "dropped_globs": DROP, "dropped_files": len(build["dropped_files"]),
+            "fa4_cute_dropped": any(f.startswith("vllm/vllm_flash_attn/cute/")
+                                    for f in build["dropped_files"]),
+            "parts": build["bundle"]["parts"], "other_py_differing": build["other_py_differing"],
+            "patch_sha256": sha256(ROOT / "patches" / PATCH_FILE),
+            "patch_outcomes": [(o.name, o.outcome) for o in outcomes],
+            "expected_patched_sha256": {rel: sha256(probe / rel)},
+            "unpatched_sha256": {rel: sha256(Path("/tmp/vllm-0.20.2-unpatched/site-packages") / rel)}}
+    (meta / "fallback").mkdir(exist_ok=True)
+    shutil.copy2(probe / rel, meta / "fallback" / "config.py")   # used only if apply.py fails there
+    shutil.rmtree(probe, ignore_errors=True)
+    (meta / "PREPARED.json").write_text(json.dumps(info, indent=1) + "\n")
+    shutil.copy2(CONFIG, meta / "config.json")
+    print(json.dumps({k: info[k] for k in ("wheel", "parts", "patch_outcomes", "expected_patched_sha256")},
+                     indent=1))
+    print(f"staged in {stage}: " + ", ".join(f"c{i}" for i in range(1, len(parts) + 1)))
+
+
+# --------------------------------------------------------------------------- engine (GPU host, one tree)
+
+def _backends_rpc(self):
+    """Per Attention layer: backend name, head size, FlashAttention version, KV-sharing."""
+    ctx = self.model_runner.vllm_config.compilation_config.static_forward_context
+    out = {}
+    for name, layer in ctx.items():
+        ab = getattr(layer, "attn_backend", None)
+        if ab is None:
+            continue
+        impl = getattr(layer, "impl", None)
+        out[name] = [ab.get_name(), getattr(layer, "head_size", None),
+                     getattr(impl, "vllm_flash_attn_version", None),
+                     getattr(layer, "kv_sharing_target_layer_name", None) is not None]
+    return out
+
+
+def _reinit_rpc(self):
+    """Replace the dummy weights by deterministic ones on a realistic scale, in place.
+
+    load_format="dummy" fills every state_dict tensor uniformly in +-1e-3, Gemma 4's persistent
+    `layer_scalar` buffers included: the residual stream is scaled by ~1e-3 in each of the 42 layers and
+    every logit comes out exactly 0.0, so greedy agreement on those weights is vacuous.  Here: matrices
+    ~ N(0, 1/fan_in) from a generator seeded by the tensor's name (same values in both trees), norm
+    weights, layer_scalar and any other 0-d/1-d tensor = 1.0, except q_norm/k_norm weights = head_size**-0.25
+    (so that q.k is ~N(0, 1), not a near-one-hot softmax)."""
+    import zlib
+    import torch
+    mr = self.model_runner
+    model = mr.get_model() if hasattr(mr, "get_model") else mr.model
+    ones, qk, mats = [], [], 0
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if t.dim() <= 1:
+                if name.endswith(("q_norm.weight", "k_norm.weight")):
+                    t.fill_(t.numel() ** -0.25)   # q.k over head_dim ~ N(0, 1): a typical attention entropy
+                    qk.append(name)
+                else:
+                    t.fill_(1.0)
+                    ones.append(name)
+                continue
+            g = torch.Generator(device=t.device).manual_seed(zlib.crc32(name.encode()))
+            std = (t.numel() // t.shape[0]) ** -0.5
+            if not t.is_contiguous():
+                t.copy_(torch.randn(t.shape, generator=g, device=t.device, dtype=torch.float32) * std)
+                mats += 1
+                continue
+            flat = t.view(t.shape[0], -1)
+            for i in range(0, flat.shape[0], 16384):
+                rows = flat[i:i + 16384]
+                rows.copy_(torch.randn(rows.shape, generator=g, device=t.device, dtype=torch.float32) * std)
+            mats += 1
+    torch.cuda.synchronize()
+    return {"matrices": mats, "set_to_one": len(ones), "q_k_norm_head_size_pow_-0.25": len(qk),
+            "set_to_one_kinds": sorted({".".join(n.split(".")[-2:]) for n in ones})}
+
+
+def summarize_backends(per_layer: dict) -> dict:
+    summary: dict = {}
+    for v in per_layer.values():
+        k = f"{v[0]}/hd{v[1]}" + (f"/fa{v[2]}" if v[2] is not None else "")
+        summary[k] = summary.get(k, 0) + 1
+    return dict(sorted(summary.items()))
+
+
+def make_llm(eager: bool, max_model_len: int, gpu_mem: float):
+    from vllm import LLM
+    return LLM(model=str(MODEL_DIR), load_format="dummy", skip_tokenizer_init=True,
+               max_model_len=max_model_len, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
+               enable_prefix_caching=False, enforce_eager=eager, seed=0, logprobs_mode="raw_logits")
+
+
+def agreement_prompts(n=8):
+    import random
+    rng = random.Random(2024)
+    return [[rng.randrange(10, 262000) for _ in range(rng.choice((64, 256, 512, 1024)))] for _ in range(n)]
+
+
+def greedy_with_logits(llm, prompts, max_tokens=32, k=5):
+    """Greedy tokens and, per step, the top-k raw logits (logprobs_mode=raw_logits)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=k)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
+    res = []
+    for o in outs:
+        c = o.outputs[0]
+        steps = [{str(t): lp.logprob for t, lp in d.items()} for d in (c.logprobs or [])]
+        res.append({"tokens": list(c.token_ids), "logits": steps})
+    return res
+
+
+def engine_agreement(label: str, out: Path):
+    """Eager engine, realistic-scale deterministic weights (_reinit_rpc), greedy tokens + top-5 logits."""
+    import torch
+    import vllm
+    t0 = time.perf_counter()
+    llm = make_llm(eager=True, max_model_len=2048, gpu_mem=0.7)
+    per_layer = llm.collective_rpc(_backends_rpc)[0]
+    reinit = llm.collective_rpc(_reinit_rpc)[0]
+    res = {"label": label, "vllm": vllm.__version__, "vllm_file": vllm.__file__, "torch": torch.__version__,
+           "gpu": torch.cuda.get_device_name(), "mode": "eager (enforce_eager=True), max_model_len 2048",
+           "weights": "dummy, then re-initialized: matrices N(0, 1/fan_in) seeded by tensor name; "
+                      "q_norm/k_norm weights head_size**-0.25; other 0-d/1-d tensors (norm weights, "
+                      "layer_scalar) = 1.0", "reinit": reinit,
+           "backends_per_layer": per_layer, "backends": summarize_backends(per_layer),
+           "attention_config_backend": str(llm.llm_engine.vllm_config.attention_config.backend),
+           "greedy": greedy_with_logits(llm, agreement_prompts())}
+    # controls with the same kernels: the same batch again (determinism), and each prompt alone (the batch
+    # composition changes; the noise floor a kernel change has to be compared with)
+    res["greedy_batched_again"] = greedy_with_logits(llm, agreement_prompts())
+    res["greedy_single"] = [greedy_with_logits(llm, [q])[0] for q in agreement_prompts()]
+    res["s"] = round(time.perf_counter() - t0, 1)
+    (out / f"agreement_{label}.json").write_text(json.dumps(res))
+    print(f"[{label}] agreement engine done in {res['s']}s backends {json.dumps(res['backends'])} "
+          f"reinit {json.dumps(reinit)} first tokens {res['greedy'][0]['tokens'][:8]}", flush=True)
+
+
+def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile: bool):
+    import random
+    import torch
+    import vllm
+    import transformers
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    t0 = time.perf_counter()
+    llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85)
+    res = {"label": label, "site": site, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
+           "torch": torch.__version__, "transformers": transformers.__version__,
+           "gpu": torch.cuda.get_device_name(), "init_s": round(time.perf_counter() - t0, 1)}
+    print(f"[{label}] INIT {res['init_s']}s vllm {vllm.__version__} from {vllm.__file__}", flush=True)
+    try:
+        from vllm.vllm_flash_attn import flash_attn_interface as fai
+        res["fa4_available"] = bool(getattr(fai, "FA4_AVAILABLE", False))
+    except Exception as e:  # noqa: BLE001
+        res["fa4_available"] = f"import failed: {e!r}"
+    per_layer = llm.collective_rpc(_backends_rpc)[0]
+    res["backends_per_layer"] = per_layer
+    res["backends"] = summarize_backends(per_layer)
+    cfg = llm.llm_engine.vllm_config
+    res["attention_config_backend"] = str(cfg.attention_config.backend)
+    res["cudagraph_mode"] = str(cfg.compilation_config.cudagraph_mode)
+    res["max_num_batched_tokens"] = cfg.scheduler_config.max_num_batched_tokens
+    print(f"[{label}] BACKENDS {json.dumps(res['backends'])} attention_config.backend="
+          f"{res['attention_config_backend']}", flush=True)
+    # agreement data (compared across trees by `run`)
+    res["greedy"] = greedy_with_logits(llm, agreement_prompts())
+    (out / f"engine_{label}.json").write_text(json.dumps(res))
+
+    rng = random.Random(1234)
+
+    def prompts(n, L):
+        return [TokensPrompt(prompt_token_ids=[rng.randrange(10, 262000) for _ in range(L)]) for _ in range(n)]
+
+    def timed(n, L, out_toks, r):
+        sp = SamplingParams(temperature=0.0, max_tokens=out_toks, ignore_eos=True)
+        times = []
+        gen = 0
+        for _ in range(r):
+            ps = prompts(n, L)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            outs = llm.generate(ps, sp, use_tqdm=False)
+            times.append(time.perf_counter() - t)
+            gen = sum(len(o.outputs[0].token_ids) for o in outs)
+        return min(times), times, gen
+
+    timed(4, 512, 8, 1)   # warm-up
+    w = res["workloads"] = {}
+    for name in WORKLOADS:
+        if name in skip:
+            continue
+        if name.startswith("prefill"):
+            n, L = map(int, name.split("_")[1].split("x"))
+            best, times, gen = timed(n, L, 16, reps)
+            w[name] = {"prompt_tok_s": n * L / best, "s": best, "times_s": times, "out_tokens": gen,
+                       "what": f"{n} prompts x {L} tokens, 16 out; prompt tokens / s"}
+        else:
+            _, b, L = name.split("_")
+            B, L = int(b[1:]), int(L)
+            t1, times1, _ = timed(B, L, 1, reps)
+            t256, times256, gen = timed(B, L, 256, reps)
+            w[name] = {"decode_tok_s": B * 255 / (t256 - t1), "out_tok_s": gen / t256, "s_256": t256,
+                       "s_1": t1, "times_256_s": times256, "times_1_s": times1,
+                       "what": f"batch {B}, {L} in, 256 out; B*255 / (t(256 out) - t(1 out))"}
+        print(f"[{label}] {name} {json.dumps({k: v for k, v in w[name].items() if 'times' not in k})}",
+              flush=True)
+        (out / f"engine_{label}.json").write_text(json.dumps(res))
+    if profile:
+        res["profile_decode_b1"] = profile_decode(llm, torch)
+        (out / f"engine_{label}.json").write_text(json.dumps(res))
+    print(f"[{label}] done in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def profile_decode(llm, torch, steps=64):
+    """Per decode step (b=1, 1024 in): CUDA kernel time by kernel name, from the difference of a
+    1-token and a (steps+1)-token generate under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    import random
+    rng = random.Random(7)
+    p = [TokensPrompt(prompt_token_ids=[rng.randrange(10, 262000) for _ in range(1024)])]
+
+    def kernels(max_tokens):
+        sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        llm.generate(p, sp, use_tqdm=False)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            llm.generate(p, sp, use_tqdm=False)
+            torch.cuda.synchronize()
+        agg: dict = {}
+        for e in prof.events():
+            if e.device_type.name != "CUDA":
+                continue
+            a = agg.setdefault(e.name, [0.0, 0])
+            a[0] += e.time_range.elapsed_us()
+            a[1] += 1
+        return agg
+
+    k1, kn = kernels(1), kernels(steps + 1)
+    per_step = {}
+    for name in set(k1) | set(kn):
+        us = (kn.get(name, [0, 0])[0] - k1.get(name, [0, 0])[0]) / steps
+        cnt = (kn.get(name, [0, 0])[1] - k1.get(name, [0, 0])[1]) / steps
+        if us > 0.05:
+            per_step[name] = {"us": round(us, 2), "launches": round(cnt, 2)}
+    top = sorted(per_step.items(), key=lambda kv: -kv[1]["us"])
+    return {"steps": steps, "total_us_per_step": round(sum(v["us"] for _, v in top), 1),
+            "top": [{"kernel": n[:160], **v} for n, v in top[:15]]}
+
+
+# --------------------------------------------------------------------------- probe (GPU test helper)
+
+def probe(site: str, out: Path):
+    """A small eager engine: per-layer backends and greedy tokens, as JSON (for the GPU test)."""
+    import vllm
+    write_model_dir()
+    llm = make_llm(eager=True, max_model_len=2048, gpu_mem=0.6)
+    per_layer = llm.collective_rpc(_backends_rpc)[0]
+    g = greedy_with_logits(llm, agreement_prompts(4)[:4], max_tokens=8, k=1)
+    out.write_text(json.dumps({"vllm": vllm.__version__, "vllm_file": vllm.__file__,
+                               "backends_per_layer": per_layer, "backends": summarize_backends(per_layer),
+                               "attention_config_backend": str(llm.llm_engine.vllm_config.attention_config.backend),
+                               "greedy_tokens": [x["tokens"] for x in g]}))
+
+
+def write_model_dir():
+    MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    cfg = CONFIG if CONFIG.exists() else ROOT / ".stage" / "vllm" / "meta" / "config.json"
+    shutil.copy2(cfg, MODEL_DIR / "config.json")
+
+
+# --------------------------------------------------------------------------- run (GPU host, both trees)
+
+def agreement(u: list, p: list) -> dict:
+    """Greedy tokens and top-k raw logits, unpatched vs patched, same prompts and dummy weights.
+    Logits are compared at every step whose context is identical in both (up to and including the
+    first diverging token); relative = |delta| / max |logit| of that step."""
+    seqs, equal_seqs, tok_total, tok_equal = len(u), 0, 0, 0
+    max_abs, max_rel, first_div, margins = 0.0, 0.0, [], []
+    for a, b in zip(u, p):
+        ta, tb = a["tokens"], b["tokens"]
+        tok_total += len(ta)
+        tok_equal += sum(x == y for x, y in zip(ta, tb))
+        div = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
+        equal_seqs += div is None
+        first_div.append(div)
+        last = len(ta) - 1 if div is None else div
+        for i in range(min(last + 1, len(a["logits"]), len(b["logits"]))):
+            la, lb = a["logits"][i], b["logits"][i]
+            scale = max(abs(v) for v in la.values()) or 1.0
+            for t in set(la) & set(lb):
+                d = abs(la[t] - lb[t])
+                max_abs, max_rel = max(max_abs, d), max(max_rel, d / scale)
+        if div is not None and div < len(a["logits"]):
+            top = sorted(a["logits"][div].values(), reverse=True)
+            if len(top) > 1:
+                margins.append(top[0] - top[1])
+    all_zero = all(v == 0.0 for a in u + p for step in a["logits"] for v in step.values())
+    return {"sequences": seqs, "identical_sequences": equal_seqs, "tokens": tok_total, "all_logits_zero": all_zero,
+            "tokens_equal_position_wise": tok_equal, "token_agreement": tok_equal / max(tok_total, 1),
+            "first_divergence_step": first_div, "max_abs_logit_diff": max_abs,
+            "max_rel_logit_diff": max_rel,
+            "unpatched_top1_top2_margin_at_divergence": margins}
+
+
+def agreement_comparisons(u: dict, p: dict) -> dict:
+    """Each engine generated the 8 prompts as one batch (greedy), the same batch again right after
+    (greedy_batched_again), and each prompt alone (greedy_single)."""
+    pairs = {"patched vs unpatched, first batch": (u, "greedy", p, "greedy"),
+             "patched vs unpatched, same batch again": (u, "greedy_batched_again", p, "greedy_batched_again"),
+             "patched vs unpatched, each prompt alone": (u, "greedy_single", p, "greedy_single"),
+             "unpatched: first batch vs same batch again": (u, "greedy", u, "greedy_batched_again"),
+             "patched: first batch vs same batch again": (p, "greedy", p, "greedy_batched_again"),
+             "unpatched: batch again vs each prompt alone (noise floor)": (u, "greedy_batched_again", u,
+                                                                          "greedy_single"),
+             "patched: batch again vs each prompt alone (noise floor)": (p, "greedy_batched_again", p,
+                                                                        "greedy_single")}
+    return {name: agreement(a[ka], b[kb]) for name, (a, ka, b, kb) in pairs.items() if a.get(ka) and b.get(kb)}
+
+
+def _stream(cmd, env, log: Path, timeout: float, tag: str) -> int | str:
+    """Run cmd, all output to log; lines tagged with tag (and errors) also to stdout."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, cwd=str(ROOT))
+        t_end = time.time() + timeout
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        tail = []
+        while True:
+            if time.time() > t_end:
+                proc.kill()
+                proc.wait()
+                print(f"{tag}: killed after {timeout:.0f}s", flush=True)
+                return "timeout"
+            if sel.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                f.write(line)
+                tail = (tail + [line])[-25:]
+                if tag in line or "Error" in line or line.startswith(("PASSED", "FAILED", "SKIPPED")) \
+                        or " passed" in line or " failed" in line:
+                    print(line.rstrip()[:400], flush=True)
+            elif proc.poll() is not None:
+                break
+        rc = proc.wait()
+        if rc != 0:
+            print(f"{tag}: exit {rc}; last lines:\n" + "".join(tail)[-3000:], flush=True)
+        return rc
+
+
+def run_agreement(site_u: Path, site_p: Path, out: Path, budget_s: float, res: dict):
+    """Both trees, eager engines, realistic-scale weights: greedy agreement and logit differences."""
+    t_start = time.time()
+    got = {}
+    for label, site in (("unpatched", site_u), ("patched", site_p)):
+        cmd = [sys.executable, str(Path(__file__).relative_to(ROOT)), "engine", "--agreement-only",
+               "--site", str(site), "--label", label, "--out", str(out)]
+        res["commands"][f"agreement_{label}"] = f"PYTHONPATH={site} python3 " + " ".join(cmd[1:])
+        env = {**os.environ, **HOST_ENV, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+        left = budget_s - (time.time() - t_start)
+        rc = _stream(cmd, env, out / f"agreement_{label}.log", max(60.0, left / (2 if label == "unpatched" else 1)),
+                     f"[{label}]")
+        f = out / f"agreement_{label}.json"
+        got[label] = json.loads(f.read_text()) if f.exists() else {"rc": rc}
+    u, p = got["unpatched"], got["patched"]
+    res["agreement_realistic_weights"] = {
+        "how": u.get("weights"), "mode": u.get("mode"), "reinit": u.get("reinit"),
+        "backends": {k: v.get("backends") for k, v in got.items()},
+        **(agreement(u["greedy"], p["greedy"]) if u.get("greedy") and p.get("greedy") else
+           {"error": f"unpatched rc {u.get('rc')}, patched rc {p.get('rc')}"})}
+    res["agreement_realistic_weights"]["comparisons"] = agreement_comparisons(u, p)
+    res["agreement_tokens"] = {k: [g["tokens"] for g in v.get("greedy", [])] for k, v in got.items()}
+
+
+def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget_s: float,
+        profile: bool, test: bool, agreement_only: bool = False):
+    t_start = time.time()
+    deadline = t_start + budget_s
+    out.mkdir(parents=True, exist_ok=True)
+    stage = stage.resolve()
+    meta = stage / "meta"
+    prepared = json.loads((meta / "PREPARED.json").read_text())
+    res = {"run_command": "python3 " + " ".join(sys.argv), "prepared": prepared, "host_env": HOST_ENV, "reps": reps, "skipped_workloads": skip,
+           "commands": {}, "timeline_s": {}}
+    write_model_dir()
+
+    def save():
+        (out / "vllm_backends.json").write_text(json.dumps(res, indent=1) + "\n")
+
+    # 1. the patched copy, made by the project's own tools/apply.py (Python files only, verified)
+    toolsite = Path("/tmp/toolsite")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--target", str(toolsite), *map(str, sorted((meta / "tool-wheels").glob("*.whl")))],
+                   check=True)
+    site_p = Path("/tmp/vllm-patched/site-packages")
+    shutil.rmtree(site_p.parent, ignore_errors=True)
+    shutil.copytree(site_u, site_p, symlinks=True)
+    apply_cmd = ["tools/apply.py", "--site-packages", str(site_p), "--upstream", "vllm",
+                 "--series", str((meta / "series-patched" / "series.yaml").relative_to(ROOT)), "--json"]
+    res["commands"]["apply"] = "python3 " + " ".join(apply_cmd)
+    p = subprocess.run([sys.executable, *apply_cmd], cwd=str(ROOT), capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(toolsite)})
+    try:
+        apply_out = json.loads(p.stdout)
+    except ValueError:
+        apply_out = p.stdout[-3000:] + p.stderr[-3000:]
+    res["apply"] = {"rc": p.returncode, "output": apply_out, "git": shutil.which("git")}
+    rel = "vllm/model_executor/models/config.py"
+    got_p, got_u = sha256(site_p / rel), sha256(site_u / rel)
+    res["apply"]["patched_file_matches_expected"] = got_p == prepared["expected_patched_sha256"][rel]
+    res["apply"]["unpatched_file_matches_wheel"] = got_u == prepared["unpatched_sha256"][rel]
+    print(f"apply.py rc={p.returncode} patched {rel} as expected: "
+          f"{res['apply']['patched_file_matches_expected']}; unpatched as wheel: "
+          f"{res['apply']['unpatched_file_matches_wheel']}", flush=True)
+    if p.returncode != 0 or not res["apply"]["patched_file_matches_expected"]:
+        print(f"apply.py output: {str(apply_out)[:2000]}", flush=True)
+        if not (meta / "fallback" / "config.py").exists():
+            save()
+            raise SystemExit("patching failed and no fallback")
+        shutil.copy2(meta / "fallback" / "config.py", site_p / rel)
+        res["apply"]["fallback_used"] = sha256(site_p / rel) == prepared["expected_patched_sha256"][rel]
+        print("FALLBACK: staged patched config.py copied in", flush=True)
+    res["timeline_s"]["patched_copy_ready"] = round(time.time() - t_start, 1)
+    save()
+    if agreement_only:
+        run_agreement(site_u, site_p, out, deadline - time.time() - 10, res)
+        res["timeline_s"]["agreement_done"] = round(time.time() - t_start, 1)
+        (out / "vllm_backends_agreement.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / "vllm_backends.json").unlink(missing_ok=True)
+        print(json.dumps({k: v for k, v in res["agreement_realistic_weights"].items()}), flush=True)
+        return
+
+    # 2. one engine per tree, its own process, unpatched first
+    engines = {}
+    for i, (label, site) in enumerate((("unpatched", site_u), ("patched", site_p))):
+        left = deadline - time.time()
+        reserve = (150 if test else 20) + (0 if i else 150)
+        timeout = max(60.0, min(300.0, left - reserve))
+        cmd = [sys.executable, str(Path(__file__).relative_to(ROOT)), "engine", "--site", str(site),
+               "--label", label, "--out", str(out), "--reps", str(reps)]
+        cmd += [a for s in skip for a in ("--skip", s)] + (["--profile"] if profile else [])
+        res["commands"][f"engine_{label}"] = f"PYTHONPATH={site} python3 " + " ".join(cmd[1:])
+        env = {**os.environ, **HOST_ENV, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+        rc = _stream(cmd, env, out / f"engine_{label}.log", timeout, f"[{label}]")
+        f = out / f"engine_{label}.json"
+        engines[label] = json.loads(f.read_text()) if f.exists() else {}
+        engines[label]["rc"] = rc
+        res["timeline_s"][f"engine_{label}_done"] = round(time.time() - t_start, 1)
+    res["engines"] = {k: {kk: vv for kk, vv in v.items() if kk not in ("greedy", "backends_per_layer")}
+                      for k, v in engines.items()}
+    res["backends_per_layer"] = {k: v.get("backends_per_layer") for k, v in engines.items()}
+    u, pt = engines["unpatched"], engines["patched"]
+    if u.get("greedy") and pt.get("greedy"):
+        res["agreement"] = agreement(u["greedy"], pt["greedy"])
+    res["ratios"] = {}
+    for name in WORKLOADS:
+        a, b = u.get("workloads", {}).get(name), pt.get("workloads", {}).get(name)
+        if a and b:
+            key = "prompt_tok_s" if name.startswith("prefill") else "decode_tok_s"
+            res["ratios"][name] = b[key] / a[key]
+    save()
+    print(markdown(res), flush=True)
+
+    # 3. the GPU test module, which runs its own (eager) engines
+    if test:
+        left = deadline - time.time()
+        tcmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
+                "tests/gpu/test_vllm_gemma4_backends_gpu.py"]
+        res["commands"]["gpu_test"] = ("VLLM_UNPATCHED_SITE=" + str(site_u) + " VLLM_PATCHED_SITE=" + str(site_p)
+                                      + " python3 " + " ".join(tcmd[1:]))
+        if left < 70:
+            res["gpu_test"] = {"rc": "not run", "why": f"{left:.0f}s left"}
+        else:
+            env = {**os.environ, "VLLM_UNPATCHED_SITE": str(site_u), "VLLM_PATCHED_SITE": str(site_p),
+                   "PYTHONUNBUFFERED": "1"}
+            rc = _stream(tcmd, env, out / "gpu_test.log", left - 5, "test_vllm_gemma4")
+            lines = (out / "gpu_test.log").read_text().splitlines()
+            res["gpu_test"] = {"rc": rc, "summary": [ln for ln in lines if "PASSED" in ln or "FAILED" in ln
+                                                     or "SKIPPED" in ln or " passed" in ln or " failed" in ln
+                                                     or "Error" in ln][-20:]}
+        res["timeline_s"]["gpu_test_done"] = round(time.time() - t_start, 1)
+        save()
+    print(json.dumps({"ratios": res["ratios"], "agreement": res.get("agreement"),
+                      "gpu_test": res.get("gpu_test"), "timeline_s": res["timeline_s"]}), flush=True)
+
+
+# --------------------------------------------------------------------------- record (here)
+
+LABELS = {"prefill_32x4096": "prefill 32×4096 in, 16 out (prompt tok/s)",
+          "prefill_16x8192": "prefill 16×8192 in, 16 out (prompt tok/s)",
+          "decode_b1_1024": "decode b=1, 1024 in, 256 out (decode tok/s)",
+          "decode_b16_1024": "decode b=16, 1024 in, 256 out (decode tok/s)",
+          "decode_b16_8192": "decode b=16, 8192 in, 256 out (decode tok/s)"}
+
+
+def target_of(name: str) -> float:
+    if name.startswith("prefill"):
+        return TARGETS["prefill"]
+    if name == "decode_b16_8192":
+        return TARGETS["decode_b16_8192"]
+    return TARGETS["floor"]
+
+
+def markdown(res) -> str:
+    e = res.get("engines", {})
+    u, p = e.get("unpatched", {}), e.get("patched", {})
+    prep = res["prepared"]
+    lines = [f"GPU: {u.get('gpu', '?')} · vLLM {u.get('vllm', '?')} ({prep['wheel']}, trimmed) · torch "
+             f"{u.get('torch', '?')} · transformers {u.get('transformers', '?')}",
+             f"Patch: `{PATCH_FILE}` (sha256 {prep['patch_sha256'][:16]}…), applied on the host by "
+             f"`tools/apply.py --site-packages` (rc {res.get('apply', {}).get('rc')}, config.py as expected: "
+             f"{res.get('apply', {}).get('patched_file_matches_expected')}"
+             + ("; FALLBACK copy used" if res.get("apply", {}).get("fallback_used") else "") + ").",
+             f"FA4: {'dropped from the bundle (vllm/vllm_flash_attn/cute*); ' if prep.get('fa4_cute_dropped') else ''}"
+             f"FA4_AVAILABLE unpatched={u.get('fa4_available')}, patched={p.get('fa4_available')}.",
+             "Model: Gemma-4-E4B-shaped text model (42 layers: 35 sliding head_dim 256 + 7 full head_dim 512), "
+             "dummy weights, bf16, CUDA graphs + torch.compile, each tree in its own process (unpatched first), "
+             f"best of {res['reps']}.", "",
+             "## Attention backends (static_forward_context)", "",
+             "| tree | backends (layers) | attention_config.backend |", "|---|---|---|"]
+    for label, x in (("unpatched", u), ("patched", p)):
+        lines.append(f"| {label} | {', '.join(f'{k}: {v}' for k, v in (x.get('backends') or {}).items())} | "
+                     f"{x.get('attention_config_backend')} |")
+    lines += ["", "## Throughput", "",
+              "| workload | unpatched | patched | patched/unpatched | target | met |", "|---|---|---|---|---|---|"]
+    for name in WORKLOADS:
+        a, b = u.get("workloads", {}).get(name), p.get("workloads", {}).get(name)
+        if not (a and b):
+            why = "skipped" if name in res.get("skipped_workloads", []) else "not measured"
+            lines.append(f"| {LABELS[name]} | {why} | | | | |")
+            continue
+        key = "prompt_tok_s" if name.startswith("prefill") else "decode_tok_s"
+        r = res["ratios"][name]
+        t = target_of(name)
+        lines.append(f"| {LABELS[name]} | {a[key]:,.1f} | {b[key]:,.1f} | {r:.3f} | ≥ {t} | "
+                     f"{'yes' if r >= t else 'NO'} |")
+    ar = res.get("agreement_realistic_weights")
+    if ar and "tokens" in ar:
+        lines += ["", "## Greedy agreement, patched vs unpatched (same weights, same 8 prompts of 64-1024 tokens, "
+                  "32 greedy tokens each)", "",
+                  f"Engines: {ar.get('mode')}; weights: {ar.get('how')}.", "",
+                  f"- backends in these engines: {json.dumps(ar.get('backends'))}",
+                  f"- identical sequences: {ar['identical_sequences']}/{ar['sequences']}; tokens equal position-wise: "
+                  f"{ar['tokens_equal_position_wise']}/{ar['tokens']} ({ar['token_agreement']:.1%}); first "
+                  f"divergence step per sequence: {ar['first_divergence_step']}",
+                  f"- top-5 raw logits at every step whose context is identical in both: max |Δ| = "
+                  f"{ar['max_abs_logit_diff']:.4g}; max |Δ| / max|logit| of the step = {ar['max_rel_logit_diff']:.4g}",
+                  f"- unpatched top-1 − top-2 logit margin at the diverging steps: "
+                  f"{[round(m, 4) for m in ar['unpatched_top1_top2_margin_at_divergence']]}"]
+        if ar.get("comparisons"):
+            lines += ["", "Controls: the same comparison between runs of one tree (same kernels) whose batch "
+                      "composition differs give the noise floor a kernel change has to be judged against.", "",
+                      "| comparison | identical sequences | tokens equal | max abs Δ logit | max Δ / max abs logit | "
+                      "first divergence steps |", "|---|---|---|---|---|---|"]
+            for name, c in ar["comparisons"].items():
+                lines.append(f"| {name} | {c['identical_sequences']}/{c['sequences']} | {c['token_agreement']:.1%} | "
+                             f"{c['max_abs_logit_diff']:.4g} | {c['max_rel_logit_diff']:.4g} | "
+                             f"{c['first_divergence_step']} |")
+    elif ar:
+        lines += ["", f"## Greedy agreement on realistic-scale weights: not measured ({ar.get('error')})"]
+    ag = res.get("agreement")
+    if ag:
+        vacuous = ag.get("all_logits_zero")
+        lines += ["", "## Greedy agreement on the benchmark's dummy weights" + (" — VACUOUS" if vacuous else ""), "",
+                  f"- identical sequences: {ag['identical_sequences']}/{ag['sequences']}; max |Δ logit| = "
+                  f"{ag['max_abs_logit_diff']:.4g}"]
+        if vacuous:
+            lines += ["- every top-5 raw logit is exactly 0.0 in both trees and every greedy token is id 0: "
+                      "load_format=\"dummy\" fills Gemma 4's persistent `layer_scalar` buffers with values in "
+                      "±1e-3, so the residual stream vanishes over 42 layers. This says nothing about agreement; "
+                      "see the section above for the check on realistic-scale weights."]
+    for label, x in (("unpatched", u), ("patched", p)):
+        prof = x.get("profile_decode_b1")
+        if prof:
+            lines += ["", f"## Decode step profile, b=1, 1024 in ({label}): {prof['total_us_per_step']} µs of "
+                      "kernels per step", "", "| kernel | µs/step | launches/step |", "|---|---|---|"]
+            lines += [f"| `{k['kernel'][:90]}` | {k['us']} | {k['launches']} |" for k in prof["top"][:10]]
+    gt = res.get("gpu_test")
+    if gt:
+        lines += ["", f"## GPU test: tests/gpu/test_vllm_gemma4_backends_gpu.py (rc {gt.get('rc')})", ""]
+        lines += [f"    {s}" for s in gt.get("summary", [gt.get("why", "")])]
+    lines += ["", "## Commands", "", "Here (CPU): `python3 bench/vllm_backends.py prepare .stage/vllm` which ran:",
+              f"`python3 {prep['build_command']}`", "",
+              "GPU host, one call per bundle part: `bash .stage/vllm/cN/install.sh stage /tmp/stage`; last call: "
+              "`bash .stage/vllm/cN/install.sh install /tmp/stage /tmp/vllm-unpatched` then "
+              f"`{res.get('run_command', 'python3 bench/vllm_backends.py run .stage/vllm ...')}`, which ran:"]
+    lines += [f"- {k}: `{v}`" for k, v in res.get("commands", {}).items()]
+    if res.get("agreement_run"):
+        lines += [f"- agreement engines, a separate device session (same staging, then): "
+                  f"`{res['agreement_run']['run_command']}`"]
+    lines += [f"- host environment: `{' '.join(f'{k}={v}' for k, v in res['host_env'].items())}`"]
+    return "\n".join(lines) + "\n"
+
+
+def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path | None = None,
+           notes: Path | None = None):
+    """bench/results/vllm_backends.{json,md} from the run's JSON; optionally with the agreement run's JSON
+    (run --agreement-only) and the dummy-weight agreement recomputed from the engine_*.json of the run."""
+    res = json.loads(json_path.read_text())
+    if engine_dir:
+        e = {k: json.loads((engine_dir / f"engine_{k}.json").read_text()) for k in ("unpatched", "patched")}
+        res["agreement"] = agreement(e["unpatched"]["greedy"], e["patched"]["greedy"])
+    if agreement_json:
+        extra = json.loads(agreement_json.read_text())
+        res["agreement_realistic_weights"] = extra["agreement_realistic_weights"]
+        d = agreement_json.parent
+        if (d / "agreement_unpatched.json").exists() and (d / "agreement_patched.json").exists():
+            au, ap = (json.loads((d / f"agreement_{k}.json").read_text()) for k in ("unpatched", "patched"))
+            res["agreement_realistic_weights"]["comparisons"] = agreement_comparisons(au, ap)
+        res["agreement_tokens"] = extra.get("agreement_tokens")
+        res["agreement_run"] = {"run_command": extra["run_command"], "commands": extra["commands"],
+                                "apply": extra["apply"], "timeline_s": extra["timeline_s"],
+                                "prepared_parts": extra["prepared"]["parts"]}
+        for k, v in extra["commands"].items():
+            res["commands"].setdefault(k, v)
+    if notes:
+        res["notes"] = notes.read_text()
+    dest = ROOT / "bench" / "results"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "vllm_backends.json").write_text(json.dumps(res, indent=1) + "\n")
+    (dest / "vllm_backends.md").write_text("# vLLM 0.20.2 Gemma 4 attention backends: unpatched vs "
+                                           f"`{PATCH_NAME}`\n\n" + res.get("notes", "") + markdown(res))
+    print(f"recorded {dest / 'vllm_backends.md'}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("stage", type=Path)
+    p.add_argument("--max-part", default="60MB")
+    r = sub.add_parser("run")
+    r.add_argument("stage", type=Path)
+    r.add_argument("--site", type=Path, default=Path("/tmp/vllm-unpatched/site-packages"),
+                   help="the installed unpatched bundle's site-packages")
+    r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
+    r.add_argument("--reps", type=int, default=2)
+    r.add_argument("--skip", action="append", default=[], choices=WORKLOADS)
+    r.add_argument("--budget", type=float, default=560, help="seconds for the whole run")
+    r.add_argument("--profile", action="store_true", help="profile one b=1 decode step per tree")
+    r.add_argument("--no-test", action="store_true", help="do not run the GPU test module")
+    r.add_argument("--agreement-only", action="store_true",
+                   help="only the agreement check on realistic-scale weights (eager engines)")
+    e = sub.add_parser("engine")
+    e.add_argument("--site", required=True)
+    e.add_argument("--label", required=True)
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--reps", type=int, default=2)
+    e.add_argument("--skip", action="append", default=[])
+    e.add_argument("--profile", action="store_true")
+    e.add_argument("--agreement-only", action="store_true")
+    q = sub.add_parser("probe")
+    q.add_argument("--site", required=True)
+    q.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("record")
+    c.add_argument("json", type=Path)
+    c.add_argument("--agreement", type=Path, help="vllm_backends_agreement.json of a run --agreement-only")
+    c.add_argument("--engine-dir", type=Path, help="folder with the run's engine_*.json")
+    c.add_argument("--notes", type=Path, help="markdown written by a person: the findings, put first")
+    a = ap.parse_args()
+    if a.cmd == "prepare":
+        prepare(a.stage, a.max_part)
+    elif a.cmd == "run":
+        t = time.time()
+        run(a.stage, a.site, a.out, a.reps, a.skip, a.budget, a.profile, not a.no_test, a.agreement_only)
+    elif a.cmd == "engine" and a.agreement_only:
+        engine_agreement(a.label, a.out)
+    elif a.cmd == "engine":
+        engine(a.site, a.label, a.out, a.reps, a.skip, a.profile)
+    elif a.cmd == "probe":
+        probe(a.site, a.out)
+    else:
+        record(a.json, a.agreement, a.engine_dir, a.notes)
