@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: vLLM 0.20.2 Gemma 4 attention backends, unpatched vs patch
-`gemma4-per-layer-attention-backend` (per-layer selection instead of TRITON_ATTN for all layers).
+`gemma4-fa4-attention-backend` (FlashAttention with FA4 on every layer where FA4 serves head_dim 512,
+instead of TRITON_ATTN on every layer).
 
 Both sides run the real vLLM 0.20.2 wheel (trimmed for Hopper) on the GPU host: the unpatched tree is
 the wheel as built by tools/build.py with no vLLM patch; the patched tree is a copy of it patched on
@@ -36,19 +37,28 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATCH_NAME = "gemma4-per-layer-attention-backend"
-PATCH_FILE = "vllm/gemma4-per-layer-attention-backend.patch"
+PATCH_NAME = "gemma4-fa4-attention-backend"
+PATCH_FILE = "vllm/gemma4-fa4-attention-backend.patch"
 CONFIG = ROOT / "bench" / "gemma4-e4b-text.config.json"
 DEPS = ROOT / "bench" / "vllm-0.20.2-offline-deps.txt"
-DROP = ["vllm/vllm_flash_attn/_vllm_fa2_C*", "vllm/_moe_C*", "vllm/third_party/deep_gemm*",
-        "vllm/vllm_flash_attn/cute*"]
+# FA4 (vllm/vllm_flash_attn/cute, 1.2 MB of Python) stays: the patch uses it on Hopper.
+DROP = ["vllm/vllm_flash_attn/_vllm_fa2_C*", "vllm/_moe_C*", "vllm/third_party/deep_gemm*"]
 TOOL_WHEELS = ["ruamel.yaml==0.19.1", "unidiff==1.0.1"]   # packaging is on the host
 HOST_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-            "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+            "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            # FA4 kernels are compiled at first use (CuTe DSL); later engine processes reuse them
+            "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1"}
 MODEL_DIR = Path("/tmp/gemma4-e4b-dummy")
 WORKLOADS = ["prefill_32x4096", "prefill_16x8192", "decode_b1_1024", "decode_b16_1024",
              "decode_b16_8192"]
 TARGETS = {"prefill": 1.15, "decode_b16_8192": 1.2, "floor": 0.98}
+
+
+def tree_env(site) -> dict:
+    """Environment of a process that runs one tree: its site-packages first on PYTHONPATH, plus the
+    folder nvidia-cutlass-dsl's .pth file names (pip --target does not process .pth files)."""
+    path = f"{site}:{site}/nvidia_cutlass_dsl/python_packages"
+    return {**os.environ, **HOST_ENV, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def sha256(path: Path) -> str:
@@ -207,6 +217,18 @@ def _reinit_rpc(self):
             "set_to_one_kinds": sorted({".".join(n.split(".")[-2:]) for n in ones})}
 
 
+def fa4_available():
+    """vLLM's FA4_AVAILABLE (it only looks for vllm_flash_attn/cute), or why FA4 cannot be imported."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_interface as fai
+        if not fai.FA4_AVAILABLE:
+            return False
+        import vllm.vllm_flash_attn.cute.interface  # noqa: F401  (imports cutlass and quack)
+        return True
+    except Exception as e:  # noqa: BLE001
+        return f"import failed: {e!r}"
+
+
 def summarize_backends(per_layer: dict) -> dict:
     summary: dict = {}
     for v in per_layer.values():
@@ -215,11 +237,13 @@ def summarize_backends(per_layer: dict) -> dict:
     return dict(sorted(summary.items()))
 
 
-def make_llm(eager: bool, max_model_len: int, gpu_mem: float):
+def make_llm(eager: bool, max_model_len: int, gpu_mem: float, flash_attn_version: int | None = None):
+    """flash_attn_version: as --attention-config.flash_attn_version (None: vLLM's choice)."""
     from vllm import LLM
+    extra = {"attention_config": {"flash_attn_version": flash_attn_version}} if flash_attn_version else {}
     return LLM(model=str(MODEL_DIR), load_format="dummy", skip_tokenizer_init=True,
                max_model_len=max_model_len, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
-               enable_prefix_caching=False, enforce_eager=eager, seed=0, logprobs_mode="raw_logits")
+               enable_prefix_caching=False, enforce_eager=eager, seed=0, logprobs_mode="raw_logits", **extra)
 
 
 def agreement_prompts(n=8):
@@ -268,7 +292,8 @@ def engine_agreement(label: str, out: Path):
           f"reinit {json.dumps(reinit)} first tokens {res['greedy'][0]['tokens'][:8]}", flush=True)
 
 
-def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile: bool):
+def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile: bool,
+           flash_attn_version: int | None = None):
     import random
     import torch
     import vllm
@@ -276,16 +301,12 @@ def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     t0 = time.perf_counter()
-    llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85)
-    res = {"label": label, "site": site, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
+    llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85, flash_attn_version=flash_attn_version)
+    res = {"label": label, "site": site, "flash_attn_version_option": flash_attn_version, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
            "torch": torch.__version__, "transformers": transformers.__version__,
            "gpu": torch.cuda.get_device_name(), "init_s": round(time.perf_counter() - t0, 1)}
     print(f"[{label}] INIT {res['init_s']}s vllm {vllm.__version__} from {vllm.__file__}", flush=True)
-    try:
-        from vllm.vllm_flash_attn import flash_attn_interface as fai
-        res["fa4_available"] = bool(getattr(fai, "FA4_AVAILABLE", False))
-    except Exception as e:  # noqa: BLE001
-        res["fa4_available"] = f"import failed: {e!r}"
+    res["fa4_available"] = fa4_available()
     per_layer = llm.collective_rpc(_backends_rpc)[0]
     res["backends_per_layer"] = per_layer
     res["backends"] = summarize_backends(per_layer)
@@ -391,7 +412,7 @@ def probe(site: str, out: Path):
     llm = make_llm(eager=True, max_model_len=2048, gpu_mem=0.6)
     per_layer = llm.collective_rpc(_backends_rpc)[0]
     g = greedy_with_logits(llm, agreement_prompts(4)[:4], max_tokens=8, k=1)
-    out.write_text(json.dumps({"vllm": vllm.__version__, "vllm_file": vllm.__file__,
+    out.write_text(json.dumps({"vllm": vllm.__version__, "vllm_file": vllm.__file__, "fa4_available": fa4_available(),
                                "backends_per_layer": per_layer, "backends": summarize_backends(per_layer),
                                "attention_config_backend": str(llm.llm_engine.vllm_config.attention_config.backend),
                                "greedy_tokens": [x["tokens"] for x in g]}))
@@ -452,6 +473,17 @@ def agreement_comparisons(u: dict, p: dict) -> dict:
     return {name: agreement(a[ka], b[kb]) for name, (a, ka, b, kb) in pairs.items() if a.get(ka) and b.get(kb)}
 
 
+def ratios(u: dict, p: dict) -> dict:
+    """patched/unpatched per workload: prompt tok/s for prefill, decode tok/s for decode."""
+    out = {}
+    for name in WORKLOADS:
+        a, b = u.get("workloads", {}).get(name), p.get("workloads", {}).get(name)
+        if a and b:
+            key = "prompt_tok_s" if name.startswith("prefill") else "decode_tok_s"
+            out[name] = b[key] / a[key]
+    return out
+
+
 def _stream(cmd, env, log: Path, timeout: float, tag: str) -> int | str:
     """Run cmd, all output to log; lines tagged with tag (and errors) also to stdout."""
     with open(log, "w") as f:
@@ -492,8 +524,8 @@ def run_agreement(site_u: Path, site_p: Path, out: Path, budget_s: float, res: d
     for label, site in (("unpatched", site_u), ("patched", site_p)):
         cmd = [sys.executable, str(Path(__file__).relative_to(ROOT)), "engine", "--agreement-only",
                "--site", str(site), "--label", label, "--out", str(out)]
-        res["commands"][f"agreement_{label}"] = f"PYTHONPATH={site} python3 " + " ".join(cmd[1:])
-        env = {**os.environ, **HOST_ENV, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+        env = tree_env(site)
+        res["commands"][f"agreement_{label}"] = f"PYTHONPATH={env['PYTHONPATH']} python3 " + " ".join(cmd[1:])
         left = budget_s - (time.time() - t_start)
         rc = _stream(cmd, env, out / f"agreement_{label}.log", max(60.0, left / (2 if label == "unpatched" else 1)),
                      f"[{label}]")
@@ -510,7 +542,7 @@ def run_agreement(site_u: Path, site_p: Path, out: Path, budget_s: float, res: d
 
 
 def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget_s: float,
-        profile: bool, test: bool, agreement_only: bool = False):
+        profile: bool, test: bool, agreement_only: bool = False, variant: bool = False):
     t_start = time.time()
     deadline = t_start + budget_s
     out.mkdir(parents=True, exist_ok=True)
@@ -569,15 +601,19 @@ def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget
 
     # 2. one engine per tree, its own process, unpatched first
     engines = {}
-    for i, (label, site) in enumerate((("unpatched", site_u), ("patched", site_p))):
+    runs = [("unpatched", site_u, None), ("patched", site_p, None)]
+    if variant:   # the patched tree with FA3 on the head_dim-256 layers (FA4 only where FA3 cannot serve)
+        runs.append(("patched_fa3", site_p, 3))
+    for i, (label, site, fa_version) in enumerate(runs):
         left = deadline - time.time()
-        reserve = (150 if test else 20) + (0 if i else 150)
+        reserve = (150 if test else 20) + 150 * (len(runs) - 1 - i)
         timeout = max(60.0, min(300.0, left - reserve))
         cmd = [sys.executable, str(Path(__file__).relative_to(ROOT)), "engine", "--site", str(site),
                "--label", label, "--out", str(out), "--reps", str(reps)]
         cmd += [a for s in skip for a in ("--skip", s)] + (["--profile"] if profile else [])
-        res["commands"][f"engine_{label}"] = f"PYTHONPATH={site} python3 " + " ".join(cmd[1:])
-        env = {**os.environ, **HOST_ENV, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+        cmd += ["--flash-attn-version", str(fa_version)] if fa_version else []
+        env = tree_env(site)
+        res["commands"][f"engine_{label}"] = f"PYTHONPATH={env['PYTHONPATH']} python3 " + " ".join(cmd[1:])
         rc = _stream(cmd, env, out / f"engine_{label}.log", timeout, f"[{label}]")
         f = out / f"engine_{label}.json"
         engines[label] = json.loads(f.read_text()) if f.exists() else {}
@@ -589,12 +625,9 @@ def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget
     u, pt = engines["unpatched"], engines["patched"]
     if u.get("greedy") and pt.get("greedy"):
         res["agreement"] = agreement(u["greedy"], pt["greedy"])
-    res["ratios"] = {}
-    for name in WORKLOADS:
-        a, b = u.get("workloads", {}).get(name), pt.get("workloads", {}).get(name)
-        if a and b:
-            key = "prompt_tok_s" if name.startswith("prefill") else "decode_tok_s"
-            res["ratios"][name] = b[key] / a[key]
+    res["ratios"] = ratios(u, pt)
+    if "patched_fa3" in engines:
+        res["ratios_patched_fa3"] = ratios(u, engines["patched_fa3"])
     save()
     print(markdown(res), flush=True)
 
@@ -640,7 +673,7 @@ def target_of(name: str) -> float:
 
 def markdown(res) -> str:
     e = res.get("engines", {})
-    u, p = e.get("unpatched", {}), e.get("patched", {})
+    u, p, v = e.get("unpatched", {}), e.get("patched", {}), e.get("patched_fa3")
     prep = res["prepared"]
     lines = [f"GPU: {u.get('gpu', '?')} · vLLM {u.get('vllm', '?')} ({prep['wheel']}, trimmed) · torch "
              f"{u.get('torch', '?')} · transformers {u.get('transformers', '?')}",
@@ -655,11 +688,14 @@ def markdown(res) -> str:
              f"best of {res['reps']}.", "",
              "## Attention backends (static_forward_context)", "",
              "| tree | backends (layers) | attention_config.backend |", "|---|---|---|"]
-    for label, x in (("unpatched", u), ("patched", p)):
-        lines.append(f"| {label} | {', '.join(f'{k}: {v}' for k, v in (x.get('backends') or {}).items())} | "
+    trees = [("unpatched", u), ("patched", p)] + ([("patched, flash_attn_version=3", v)] if v else [])
+    for label, x in trees:
+        lines.append(f"| {label} | {', '.join(f'{k}: {n}' for k, n in (x.get('backends') or {}).items())} | "
                      f"{x.get('attention_config_backend')} |")
     lines += ["", "## Throughput", "",
-              "| workload | unpatched | patched | patched/unpatched | target | met |", "|---|---|---|---|---|---|"]
+              "| workload | unpatched | patched | patched/unpatched | target | met |"
+              + (" patched with flash_attn_version=3 (FA3 256 + FA4 512) | its ratio |" if v else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if v else "")]
     for name in WORKLOADS:
         a, b = u.get("workloads", {}).get(name), p.get("workloads", {}).get(name)
         if not (a and b):
@@ -669,8 +705,11 @@ def markdown(res) -> str:
         key = "prompt_tok_s" if name.startswith("prefill") else "decode_tok_s"
         r = res["ratios"][name]
         t = target_of(name)
-        lines.append(f"| {LABELS[name]} | {a[key]:,.1f} | {b[key]:,.1f} | {r:.3f} | ≥ {t} | "
-                     f"{'yes' if r >= t else 'NO'} |")
+        row = f"| {LABELS[name]} | {a[key]:,.1f} | {b[key]:,.1f} | {r:.3f} | ≥ {t} | {'yes' if r >= t else 'NO'} |"
+        c = (v or {}).get("workloads", {}).get(name)
+        if v:
+            row += f" {c[key]:,.1f} | {c[key] / a[key]:.3f} |" if c else " not measured | |"
+        lines.append(row)
     ar = res.get("agreement_realistic_weights")
     if ar and "tokens" in ar:
         lines += ["", "## Greedy agreement, patched vs unpatched (same weights, same 8 prompts of 64-1024 tokens, "
@@ -705,8 +744,8 @@ def markdown(res) -> str:
             lines += ["- every top-5 raw logit is exactly 0.0 in both trees and every greedy token is id 0: "
                       "load_format=\"dummy\" fills Gemma 4's persistent `layer_scalar` buffers with values in "
                       "±1e-3, so the residual stream vanishes over 42 layers. This says nothing about agreement; "
-                      "see the section above for the check on realistic-scale weights."]
-    for label, x in (("unpatched", u), ("patched", p)):
+                      "the agreement engines (and tests/gpu) re-initialize the weights on a realistic scale."]
+    for label, x in trees:
         prof = x.get("profile_decode_b1")
         if prof:
             lines += ["", f"## Decode step profile, b=1, 1024 in ({label}): {prof['total_us_per_step']} µs of "
@@ -730,10 +769,27 @@ def markdown(res) -> str:
 
 
 def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path | None = None,
-           notes: Path | None = None):
+           notes: Path | None = None, variant_json: Path | None = None, gpu_test_log: Path | None = None):
     """bench/results/vllm_backends.{json,md} from the run's JSON; optionally with the agreement run's JSON
-    (run --agreement-only) and the dummy-weight agreement recomputed from the engine_*.json of the run."""
+    (run --agreement-only), the dummy-weight agreement recomputed from the engine_*.json of the run, the
+    engine_patched_fa3.json of `engine --label patched_fa3 --flash-attn-version 3` and the log of the GPU
+    test module, each run on the same machine right after the run."""
     res = json.loads(json_path.read_text())
+    site_u, site_p = "/tmp/vllm-unpatched/site-packages", "/tmp/vllm-patched/site-packages"
+    if variant_json:
+        v = json.loads(variant_json.read_text())
+        res["engines"]["patched_fa3"] = {k: x for k, x in v.items() if k not in ("greedy", "backends_per_layer")}
+        res["ratios_patched_fa3"] = ratios(res["engines"]["unpatched"], v)
+        res["commands"]["engine_patched_fa3"] = (
+            f"PYTHONPATH={tree_env(site_p)['PYTHONPATH']} python3 bench/vllm_backends.py engine --site {site_p} "
+            "--label patched_fa3 --out $OUT --reps 2 --profile --flash-attn-version 3")
+    if gpu_test_log:
+        lines = gpu_test_log.read_text().splitlines()
+        res["gpu_test"] = {"rc": 0 if any(" passed" in ln and "failed" not in ln for ln in lines) else 1,
+                           "summary": [ln for ln in lines if "PASSED" in ln or "FAILED" in ln or " passed" in ln
+                                       or " failed" in ln]}
+        res["commands"]["gpu_test"] = (f"VLLM_UNPATCHED_SITE={site_u} VLLM_PATCHED_SITE={site_p} python3 -m pytest "
+                                       "-v -p no:cacheprovider tests/gpu/test_vllm_gemma4_backends_gpu.py")
     if engine_dir:
         e = {k: json.loads((engine_dir / f"engine_{k}.json").read_text()) for k in ("unpatched", "patched")}
         res["agreement"] = agreement(e["unpatched"]["greedy"], e["patched"]["greedy"])
@@ -778,6 +834,8 @@ if __name__ == "__main__":
     r.add_argument("--no-test", action="store_true", help="do not run the GPU test module")
     r.add_argument("--agreement-only", action="store_true",
                    help="only the agreement check on realistic-scale weights (eager engines)")
+    r.add_argument("--variant", action="store_true",
+                   help="also measure the patched tree with --attention-config.flash_attn_version=3")
     e = sub.add_parser("engine")
     e.add_argument("--site", required=True)
     e.add_argument("--label", required=True)
@@ -786,6 +844,7 @@ if __name__ == "__main__":
     e.add_argument("--skip", action="append", default=[])
     e.add_argument("--profile", action="store_true")
     e.add_argument("--agreement-only", action="store_true")
+    e.add_argument("--flash-attn-version", type=int, choices=(2, 3, 4))
     q = sub.add_parser("probe")
     q.add_argument("--site", required=True)
     q.add_argument("--out", type=Path, required=True)
@@ -794,17 +853,20 @@ if __name__ == "__main__":
     c.add_argument("--agreement", type=Path, help="vllm_backends_agreement.json of a run --agreement-only")
     c.add_argument("--engine-dir", type=Path, help="folder with the run's engine_*.json")
     c.add_argument("--notes", type=Path, help="markdown written by a person: the findings, put first")
+    c.add_argument("--variant", type=Path, help="engine_patched_fa3.json (engine --flash-attn-version 3)")
+    c.add_argument("--gpu-test-log", type=Path, help="output of pytest -v tests/gpu/test_vllm_gemma4_backends_gpu.py")
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.stage, a.max_part)
     elif a.cmd == "run":
         t = time.time()
-        run(a.stage, a.site, a.out, a.reps, a.skip, a.budget, a.profile, not a.no_test, a.agreement_only)
+        run(a.stage, a.site, a.out, a.reps, a.skip, a.budget, a.profile, not a.no_test, a.agreement_only,
+            a.variant)
     elif a.cmd == "engine" and a.agreement_only:
         engine_agreement(a.label, a.out)
     elif a.cmd == "engine":
-        engine(a.site, a.label, a.out, a.reps, a.skip, a.profile)
+        engine(a.site, a.label, a.out, a.reps, a.skip, a.profile, a.flash_attn_version)
     elif a.cmd == "probe":
         probe(a.site, a.out)
     else:
-        record(a.json, a.agreement, a.engine_dir, a.notes)
+        record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log)

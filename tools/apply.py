@@ -14,7 +14,7 @@ recorded as refs/patches/upstream-head.  Re-running is safe: applied patches are
 examples:
   tools/apply.py                                   # both upstreams, whole series, at the pins
   tools/apply.py --check --checkout ~/src/vllm     # what would happen, changing nothing
-  tools/apply.py --checkout ~/src/vllm --upto gemma4-per-layer-attention-backend
+  tools/apply.py --checkout ~/src/vllm --upto gemma4-fa4-attention-backend
   tools/apply.py --continue --checkout ~/src/vllm  # after resolving a conflict and `git add`
   tools/apply.py --python ~/venvs/serve/bin/python --upstream sglang
   tools/apply.py --unapply --checkout ~/src/vllm

@@ -82,8 +82,8 @@ def test_dflash_drafter_for_gemma4_selects_a_non_causal_backend(
     target_backend, config_dir, attention_layers, census
 ):
     """The DFlash drafter of a Gemma 4 target builds: whether the target's
-    backend is selected per layer or chosen by the user (TRITON_ATTN, which
-    has no non-causal support), the drafter selects its own backend with
+    TRITON_ATTN (which has no non-causal support) is forced for Gemma 4 or
+    chosen by the user, the drafter selects its own backend with
     non-causal support (FlashAttention on SM 9.0) instead of failing with
     "non-causal attention not supported"."""
     draft_config = dflash_draft_config(config_dir, backend=target_backend)
@@ -91,7 +91,7 @@ def test_dflash_drafter_for_gemma4_selects_a_non_causal_backend(
     layers = draft_layers(attention_layers, draft_config)
     assert census(layers) == {("full_attention", 128, "FLASH_ATTN"): NUM_DRAFT_LAYERS}
     assert all(attn.attn_backend.supports_non_causal() for _, attn in layers)
-    assert draft_config.attention_config.backend is None  # selected per layer
+    assert draft_config.attention_config.backend is None  # the drafter's own choice
     assert draft_config.attention_config.use_non_causal is True
 
 
@@ -99,9 +99,8 @@ def test_gemma4_target_layers_stay_causal_with_a_dflash_drafter(
     config_dir, attention_layers, census
 ):
     """Speculative decoding with DFlash does not change how the target's
-    layers select: they are causal, so the 7 full-attention layers (head_dim
-    512) keep TRITON_ATTN instead of being pushed to a non-causal-capable
-    backend, and the 35 sliding-window layers use FlashAttention."""
+    layers select: they are causal, so all 42 keep the target's TRITON_ATTN
+    (Gemma 4 without FA4) instead of failing validation as non-causal layers."""
     vllm_config = speculative_vllm_config(
         config_dir("gemma4-e4b"),
         method="dflash",
@@ -110,7 +109,7 @@ def test_gemma4_target_layers_stay_causal_with_a_dflash_drafter(
     )
 
     assert census(attention_layers(vllm_config)) == {
-        ("sliding_attention", 256, "FLASH_ATTN"): 35,
+        ("sliding_attention", 256, "TRITON_ATTN"): 35,
         ("full_attention", 512, "TRITON_ATTN"): 7,
     }
     assert vllm_config.attention_config.use_non_causal is False
