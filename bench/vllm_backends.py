@@ -418,6 +418,44 @@ def probe(site: str, out: Path):
                                "greedy_tokens": [x["tokens"] for x in g]}))
 
 
+DFLASH_CONFIG = ROOT / "tests" / "regression" / "vllm" / "configs" / "gemma4-e4b-dflash" / "config.json"
+DRAFT_DIR = Path("/tmp/gemma4-e4b-dflash-dummy")
+
+
+def dflash_probe(out: Path, target_backend: str | None):
+    """An eager engine: the Gemma-4-E4B-shaped target with a DFlash drafter (5 layers, head_dim 128),
+    dummy weights, the target's re-initialized on a realistic scale. Records whether it builds (and the
+    error if not), every attention layer's backend, and the greedy tokens of one batch of 8 prompts run
+    twice: speculative decoding with greedy verification emits the target's own greedy tokens, so the
+    two runs must agree unless one layer group overwrites another's KV cache blocks."""
+    import vllm
+    write_model_dir()
+    DRAFT_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(DFLASH_CONFIG, DRAFT_DIR / "config.json")
+    res = {"vllm_file": vllm.__file__, "fa4_available": fa4_available(), "target_backend_option": target_backend}
+    try:
+        from vllm import LLM
+        extra = {"attention_config": {"backend": target_backend}} if target_backend else {}
+        llm = LLM(model=str(MODEL_DIR), load_format="dummy", skip_tokenizer_init=True, max_model_len=2048,
+                  dtype="bfloat16", gpu_memory_utilization=0.6, enable_prefix_caching=False, enforce_eager=True,
+                  seed=0, logprobs_mode="raw_logits",
+                  speculative_config={"method": "dflash", "model": str(DRAFT_DIR), "num_speculative_tokens": 8},
+                  **extra)
+    except Exception as e:  # noqa: BLE001  (the unpatched tree's failure is the finding)
+        res["error"] = f"{type(e).__name__}: {e}"[:2000]
+        out.write_text(json.dumps(res))
+        return
+    per_layer = llm.collective_rpc(_backends_rpc)[0]
+    res["backends_per_layer"] = per_layer
+    res["backends"] = summarize_backends(per_layer)
+    res["attention_config_backend"] = str(llm.llm_engine.vllm_config.attention_config.backend)
+    res["reinit"] = llm.collective_rpc(_reinit_rpc)[0]
+    res["greedy"] = greedy_with_logits(llm, agreement_prompts(), k=1)
+    res["greedy_batched_again"] = greedy_with_logits(llm, agreement_prompts(), k=1)
+    out.write_text(json.dumps(res))
+    print(f"[dflash] backends {json.dumps(res['backends'])}", flush=True)
+
+
 def write_model_dir():
     MODEL_DIR.mkdir(parents=True, exist_ok=True)
     cfg = CONFIG if CONFIG.exists() else ROOT / ".stage" / "vllm" / "meta" / "config.json"
@@ -848,6 +886,9 @@ if __name__ == "__main__":
     q = sub.add_parser("probe")
     q.add_argument("--site", required=True)
     q.add_argument("--out", type=Path, required=True)
+    d = sub.add_parser("dflash", help="GPU test helper: a Gemma 4 target with a DFlash drafter")
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--target-backend", help="the target's --attention-backend (default: vLLM's choice)")
     c = sub.add_parser("record")
     c.add_argument("json", type=Path)
     c.add_argument("--agreement", type=Path, help="vllm_backends_agreement.json of a run --agreement-only")
@@ -868,5 +909,7 @@ if __name__ == "__main__":
         engine(a.site, a.label, a.out, a.reps, a.skip, a.profile, a.flash_attn_version)
     elif a.cmd == "probe":
         probe(a.site, a.out)
+    elif a.cmd == "dflash":
+        dflash_probe(a.out, a.target_backend)
     else:
         record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log)

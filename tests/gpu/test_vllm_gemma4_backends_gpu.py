@@ -140,3 +140,71 @@ def test_patched_agrees_with_unpatched(agreement_runs):
     for key in ("greedy", "greedy_batched_again", "greedy_single"):
         a = bench.agreement(u[key], p[key])
         assert a["token_agreement"] >= 0.9 and a["max_rel_logit_diff"] <= 0.1, (key, a)
+
+
+# --- patch gemma4-dflash-draft-attention-backend: a Gemma 4 target with a DFlash drafter -------------
+
+def _dflash(label: str, tmp: Path, target_backend: str | None = None) -> dict:
+    site = SITES[label]
+    out = tmp / f"dflash_{label}_{target_backend or 'auto'}.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "vllm_backends.py"), "dflash", "--out", str(out)]
+    cmd += ["--target-backend", target_backend] if target_backend else []
+    p = subprocess.run(cmd, env=bench.tree_env(site), cwd=str(ROOT), capture_output=True, text=True, timeout=400)
+    assert out.exists(), f"{label} dflash probe wrote nothing (rc {p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def dflash_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm_dflash")
+    return {"unpatched": _dflash("unpatched", tmp), "patched": _dflash("patched", tmp),
+            "patched, target TRITON_ATTN": _dflash("patched", tmp, "TRITON_ATTN")}
+
+
+# Seen on an H100 (2026-11-24, bench/results/vllm_dflash.md): with the patch the draft config builds, but
+# the engine then stops in DFlashProposer.validate_same_kv_cache_group: the hybrid KV cache manager splits
+# the 5 draft layers across KV cache groups next to Gemma 4's sliding/full groups. Patch 2 is not enough
+# for DFlash on Gemma 4 at vLLM 0.20.2; strict, so that a fix shows up as XPASS and fails until these
+# marks go.
+ENGINE_STOPS_AT_KV_CACHE_GROUPS = pytest.mark.xfail(
+    strict=True, reason="vLLM 0.20.2: 'All drafting layers should belong to the same kv cache group'")
+
+
+def _draft_layers(res: dict) -> dict:
+    """The drafter's attention layers: head_dim 128 (the target's are 256 and 512)."""
+    return {n: v for n, v in res["backends_per_layer"].items() if v[1] == 128}
+
+
+def test_unpatched_dflash_drafter_fails_with_non_causal_error(dflash_runs):
+    res = dflash_runs["unpatched"]
+    assert "non-causal attention not supported" in res.get("error", ""), res
+
+
+def test_patched_dflash_draft_config_gets_past_the_backend_error(dflash_runs):
+    """What the patch itself fixes, seen in the real engine: the non-causal backend error is gone."""
+    for run in ("patched", "patched, target TRITON_ATTN"):
+        assert "non-causal attention not supported" not in dflash_runs[run].get("error", ""), dflash_runs[run]
+
+
+@ENGINE_STOPS_AT_KV_CACHE_GROUPS
+@pytest.mark.parametrize("run", ["patched", "patched, target TRITON_ATTN"])
+def test_patched_dflash_drafter_builds_with_its_own_backend_and_generates(dflash_runs, run):
+    res = dflash_runs[run]
+    assert "error" not in res, res["error"]
+    draft = _draft_layers(res)
+    assert len(draft) == 5 and {v[0] for v in draft.values()} <= {"FLASH_ATTN", "FLEX_ATTENTION"}, res["backends"]
+    assert all(len(g["tokens"]) == 32 for g in res["greedy"]), res["greedy"]
+
+
+@ENGINE_STOPS_AT_KV_CACHE_GROUPS
+@pytest.mark.parametrize("run", ["patched", "patched, target TRITON_ATTN"])
+def test_dflash_outputs_do_not_depend_on_kv_cache_history(dflash_runs, run):
+    """Greedy speculative decoding emits the target's greedy tokens: the same batch run twice must give
+    the same tokens. With the target on TRITON_ATTN and the drafter on FlashAttention, their KV cache
+    layouts differ where the hybrid allocator lets them share tensors (vLLM #41657)."""
+    res = dflash_runs[run]
+    assert "error" not in res, res["error"]
+    first = [g["tokens"] for g in res["greedy"]]
+    again = [g["tokens"] for g in res["greedy_batched_again"]]
+    diverged = [i for i, (a, b) in enumerate(zip(first, again)) if a != b]
+    assert not diverged, f"{run}: sequences {diverged} of the same batch changed on the second run"
