@@ -21,7 +21,11 @@ def project_copy(tmp_path):
     shutil.copy(ROOT / "series.yaml", dest / "series.yaml")
     shutil.copytree(ROOT / "patches", dest / "patches")
     shutil.copytree(ROOT / "tests" / "regression", dest / "tests" / "regression")
-    return dest
+    yield dest
+    # The rebase state lives in the shared cache: a test that failed midway must not leave a rebase
+    # in progress there for the next run (its abort says "no rebase in progress" otherwise).
+    for upstream in ("vllm", "sglang"):
+        run_tool("rebase", upstream, "--series", dest / "series.yaml", "--report-dir", dest / "reports", "--abort")
 
 
 def rebase(project, upstream, *args):
