@@ -71,8 +71,9 @@ def main(argv=None) -> int:
         if args.check and stale:
             print(f"\n{len(stale)} patch file(s) differ from what the commits say: run tools/export.py",
                   file=sys.stderr)
+        listed = {p.file for p in series.patches}
         for r in rows:
-            if r["state"] in ("new", "written (new)"):
+            if r["state"] in ("new", "written (new)") and r["file"] not in listed:
                 print(f"new patch {r['file']}: add an entry for it to series.yaml", file=sys.stderr)
     return EXIT_STOPPED if args.check and stale else EXIT_OK
 

@@ -115,10 +115,12 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
                             for n, r in after.records.items()}
             row["problems"] += judge_patch_tests(before, after)
             if patch.tests.upstream and not args.no_upstream_tests and not args.gpu:
+                standins = series.root / "tests" / "regression" / up.name / "conftest.py"
+                standins = standins if standins.is_file() else None
                 ub = run_pytest(python, list(patch.tests.upstream), unpatched, import_root(unpatched),
-                                unpatched, None)
+                                unpatched, None, plugin=standins)
                 ua = run_pytest(python, list(patch.tests.upstream), patched, import_root(patched),
-                                patched, None)
+                                patched, None, plugin=standins)
                 row["upstream_tests"] = f"unpatched: {ub.summary()}\npatched: {ua.summary()}"
                 row["upstream_results"] = {n: {"unpatched": ub.records.get(n, {}).get("outcome", "absent"),
                                                "patched": r["outcome"]} for n, r in ua.records.items()}

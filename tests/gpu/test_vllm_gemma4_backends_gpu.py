@@ -142,7 +142,9 @@ def test_patched_agrees_with_unpatched(agreement_runs):
         assert a["token_agreement"] >= 0.9 and a["max_rel_logit_diff"] <= 0.1, (key, a)
 
 
-# --- patch gemma4-dflash-draft-attention-backend: a Gemma 4 target with a DFlash drafter -------------
+# --- patches gemma4-dflash-*: a Gemma 4 target with a DFlash drafter ----------------------------------
+# (the draft attention backend, the KV cache group of the draft layers, and the KV cache layout when the
+# drafter's backend differs from the target's)
 
 def _dflash(label: str, tmp: Path, target_backend: str | None = None) -> dict:
     site = SITES[label]
@@ -161,15 +163,6 @@ def dflash_runs(tmp_path_factory):
             "patched, target TRITON_ATTN": _dflash("patched", tmp, "TRITON_ATTN")}
 
 
-# Seen on an H100 (2026-11-24, bench/results/vllm_dflash.md): with the patch the draft config builds, but
-# the engine then stops in DFlashProposer.validate_same_kv_cache_group: the hybrid KV cache manager splits
-# the 5 draft layers across KV cache groups next to Gemma 4's sliding/full groups. Patch 2 is not enough
-# for DFlash on Gemma 4 at vLLM 0.20.2; strict, so that a fix shows up as XPASS and fails until these
-# marks go.
-ENGINE_STOPS_AT_KV_CACHE_GROUPS = pytest.mark.xfail(
-    strict=True, reason="vLLM 0.20.2: 'All drafting layers should belong to the same kv cache group'")
-
-
 def _draft_layers(res: dict) -> dict:
     """The drafter's attention layers: head_dim 128 (the target's are 256 and 512)."""
     return {n: v for n, v in res["backends_per_layer"].items() if v[1] == 128}
@@ -186,7 +179,6 @@ def test_patched_dflash_draft_config_gets_past_the_backend_error(dflash_runs):
         assert "non-causal attention not supported" not in dflash_runs[run].get("error", ""), dflash_runs[run]
 
 
-@ENGINE_STOPS_AT_KV_CACHE_GROUPS
 @pytest.mark.parametrize("run", ["patched", "patched, target TRITON_ATTN"])
 def test_patched_dflash_drafter_builds_with_its_own_backend_and_generates(dflash_runs, run):
     res = dflash_runs[run]
@@ -196,7 +188,6 @@ def test_patched_dflash_drafter_builds_with_its_own_backend_and_generates(dflash
     assert all(len(g["tokens"]) == 32 for g in res["greedy"]), res["greedy"]
 
 
-@ENGINE_STOPS_AT_KV_CACHE_GROUPS
 @pytest.mark.parametrize("run", ["patched", "patched, target TRITON_ATTN"])
 def test_dflash_outputs_do_not_depend_on_kv_cache_history(dflash_runs, run):
     """Greedy speculative decoding emits the target's greedy tokens: the same batch run twice must give

@@ -37,17 +37,24 @@ class TestRun:
 
 
 def run_pytest(python: Path, test_ids: list[str], tree: Path, import_root: Path, cwd: Path,
-               config: Path | None, extra_env: dict | None = None, timeout=1800) -> TestRun:
-    """Run pytest in an upstream environment with the tree importable; collect per-test records."""
+               config: Path | None, extra_env: dict | None = None, timeout=1800,
+               plugin: Path | None = None) -> TestRun:
+    """Run pytest in an upstream environment with the tree importable; collect per-test records.
+
+    plugin: a conftest.py loaded instead of the tree's own conftest files (for upstream's unit
+    tests, whose conftest needs a GPU machine's packages): our stand-ins for compiled extensions."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         results = Path(f.name)
     env = {**os.environ, **(extra_env or {}),
-           "PYTHONPATH": os.pathsep.join([str(import_root), str(PLUGIN_DIR)]),
+           "PYTHONPATH": os.pathsep.join([str(import_root), str(PLUGIN_DIR)]
+                                         + ([str(plugin.parent)] if plugin else [])),
            "SERIES_UPSTREAM_TREE": str(tree), "SERIES_RESULTS_JSON": str(results),
            "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [str(python), "-m", "pytest", "-p", "series_results", "-q", "--no-header", "-rN"]
     if config:
         cmd += ["-c", str(config), "--rootdir", str(config.parent)]
+    if plugin:
+        cmd += ["--noconftest", "-p", plugin.stem]
     cmd += test_ids
     try:
         p = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
