@@ -293,7 +293,7 @@ def engine_agreement(label: str, out: Path):
 
 
 def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile: bool,
-           flash_attn_version: int | None = None):
+           flash_attn_version: int | None = None, profile_shapes: list[tuple[int, int]] = ()):
     import random
     import torch
     import vllm
@@ -301,6 +301,7 @@ def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     t0 = time.perf_counter()
+    write_model_dir()
     llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85, flash_attn_version=flash_attn_version)
     res = {"label": label, "site": site, "flash_attn_version_option": flash_attn_version, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
            "torch": torch.__version__, "transformers": transformers.__version__,
@@ -362,18 +363,22 @@ def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile
     if profile:
         res["profile_decode_b1"] = profile_decode(llm, torch)
         (out / f"engine_{label}.json").write_text(json.dumps(res))
+    for batch, context in profile_shapes:
+        res[f"profile_decode_b{batch}_{context}"] = profile_decode(llm, torch, batch=batch, context=context)
+        (out / f"engine_{label}.json").write_text(json.dumps(res))
     print(f"[{label}] done in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def profile_decode(llm, torch, steps=64):
-    """Per decode step (b=1, 1024 in): CUDA kernel time by kernel name, from the difference of a
-    1-token and a (steps+1)-token generate under torch.profiler."""
+def profile_decode(llm, torch, steps=64, batch=1, context=1024):
+    """Per decode step (batch prompts of context tokens): CUDA kernel time by kernel name, from the
+    difference of a 1-token and a (steps+1)-token generate under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     import random
     rng = random.Random(7)
-    p = [TokensPrompt(prompt_token_ids=[rng.randrange(10, 262000) for _ in range(1024)])]
+    p = [TokensPrompt(prompt_token_ids=[rng.randrange(10, 262000) for _ in range(context)])
+         for _ in range(batch)]
 
     def kernels(max_tokens):
         sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
@@ -783,12 +788,15 @@ def markdown(res) -> str:
                       "load_format=\"dummy\" fills Gemma 4's persistent `layer_scalar` buffers with values in "
                       "±1e-3, so the residual stream vanishes over 42 layers. This says nothing about agreement; "
                       "the agreement engines (and tests/gpu) re-initialize the weights on a realistic scale."]
-    for label, x in trees:
-        prof = x.get("profile_decode_b1")
-        if prof:
-            lines += ["", f"## Decode step profile, b=1, 1024 in ({label}): {prof['total_us_per_step']} µs of "
-                      "kernels per step", "", "| kernel | µs/step | launches/step |", "|---|---|---|"]
-            lines += [f"| `{k['kernel'][:90]}` | {k['us']} | {k['launches']} |" for k in prof["top"][:10]]
+    for key in sorted({k for _, x in trees for k in x if k.startswith("profile_decode_")}):
+        batch, context = ((1, 1024) if key == "profile_decode_b1" else
+                          map(int, key.removeprefix("profile_decode_b").split("_")))
+        for label, x in trees:
+            prof = x.get(key)
+            if prof:
+                lines += ["", f"## Decode step profile, b={batch}, {context} in ({label}): {prof['total_us_per_step']} "
+                          "µs of kernels per step", "", "| kernel | µs/step | launches/step |", "|---|---|---|"]
+                lines += [f"| `{k['kernel'][:90]}` | {k['us']} | {k['launches']} |" for k in prof["top"][:10]]
     gt = res.get("gpu_test")
     if gt:
         lines += ["", f"## GPU test: tests/gpu/test_vllm_gemma4_backends_gpu.py (rc {gt.get('rc')})", ""]
@@ -807,13 +815,23 @@ def markdown(res) -> str:
 
 
 def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path | None = None,
-           notes: Path | None = None, variant_json: Path | None = None, gpu_test_log: Path | None = None):
+           notes: Path | None = None, variant_json: Path | None = None, gpu_test_log: Path | None = None,
+           profile_dir: Path | None = None):
     """bench/results/vllm_backends.{json,md} from the run's JSON; optionally with the agreement run's JSON
     (run --agreement-only), the dummy-weight agreement recomputed from the engine_*.json of the run, the
     engine_patched_fa3.json of `engine --label patched_fa3 --flash-attn-version 3` and the log of the GPU
     test module, each run on the same machine right after the run."""
     res = json.loads(json_path.read_text())
     site_u, site_p = "/tmp/vllm-unpatched/site-packages", "/tmp/vllm-patched/site-packages"
+    if profile_dir:   # engine_{label}.json of `engine --profile-decode BxL` runs (a later session)
+        for label in ("unpatched", "patched"):
+            extra = json.loads((profile_dir / f"engine_{label}.json").read_text())
+            for k, v in extra.items():
+                if k.startswith("profile_decode_b") and k != "profile_decode_b1":
+                    res["engines"][label][k] = v
+        skips = " ".join(f"--skip {w}" for w in WORKLOADS)
+        res["commands"]["profile_decode"] = (f"PYTHONPATH=<tree> python3 bench/vllm_backends.py engine --site <tree> "
+                                             f"--label <label> --out $OUT {skips} --profile-decode 16x8192")
     if variant_json:
         v = json.loads(variant_json.read_text())
         res["engines"]["patched_fa3"] = {k: x for k, x in v.items() if k not in ("greedy", "backends_per_layer")}
@@ -883,6 +901,8 @@ if __name__ == "__main__":
     e.add_argument("--profile", action="store_true")
     e.add_argument("--agreement-only", action="store_true")
     e.add_argument("--flash-attn-version", type=int, choices=(2, 3, 4))
+    e.add_argument("--profile-decode", action="append", default=[], metavar="BxL",
+                   help="also profile one decode step of B prompts of L tokens (e.g. 16x8192)")
     q = sub.add_parser("probe")
     q.add_argument("--site", required=True)
     q.add_argument("--out", type=Path, required=True)
@@ -896,6 +916,7 @@ if __name__ == "__main__":
     c.add_argument("--notes", type=Path, help="markdown written by a person: the findings, put first")
     c.add_argument("--variant", type=Path, help="engine_patched_fa3.json (engine --flash-attn-version 3)")
     c.add_argument("--gpu-test-log", type=Path, help="output of pytest -v tests/gpu/test_vllm_gemma4_backends_gpu.py")
+    c.add_argument("--profile-dir", type=Path, help="folder with engine_*.json of engine --profile-decode runs")
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.stage, a.max_part)
@@ -906,10 +927,11 @@ if __name__ == "__main__":
     elif a.cmd == "engine" and a.agreement_only:
         engine_agreement(a.label, a.out)
     elif a.cmd == "engine":
-        engine(a.site, a.label, a.out, a.reps, a.skip, a.profile, a.flash_attn_version)
+        engine(a.site, a.label, a.out, a.reps, a.skip, a.profile, a.flash_attn_version,
+               [tuple(map(int, x.split("x"))) for x in a.profile_decode])
     elif a.cmd == "probe":
         probe(a.site, a.out)
     elif a.cmd == "dflash":
         dflash_probe(a.out, a.target_backend)
     else:
-        record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log)
+        record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log, a.profile_dir)
