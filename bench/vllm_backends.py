@@ -271,6 +271,7 @@ def engine_agreement(label: str, out: Path):
     import torch
     import vllm
     t0 = time.perf_counter()
+    write_model_dir()
     llm = make_llm(eager=True, max_model_len=2048, gpu_mem=0.7)
     per_layer = llm.collective_rpc(_backends_rpc)[0]
     reinit = llm.collective_rpc(_reinit_rpc)[0]

@@ -51,15 +51,20 @@ _REASON = _skip_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 
+def _run_bench(label: str, args: list[str], out: Path, timeout: int = 300) -> dict:
+    """Run `bench/vllm_backends.py ARGS` in its own process on one tree; the JSON it wrote to out."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "vllm_backends.py"), *args],
+                       env=bench.tree_env(SITES[label]), cwd=str(ROOT), capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0 and out.exists(), \
+        f"{label}: {args[0]} failed (rc {p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}"
+    return json.loads(out.read_text())
+
+
 def _probe(label: str, tmp: Path) -> dict:
     site = SITES[label]
     out = tmp / f"probe_{label}.json"
-    env = bench.tree_env(site)
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "vllm_backends.py"), "probe", "--site", site,
-                        "--out", str(out)], env=env, cwd=str(ROOT), capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, f"{label} engine failed (rc {p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}"
-    res = json.loads(out.read_text())
+    res = _run_bench(label, ["probe", "--site", site, "--out", str(out)], out)
     assert str(Path(res["vllm_file"]).resolve()).startswith(str(Path(site).resolve())), res["vllm_file"]
     return res
 
@@ -105,13 +110,8 @@ def test_both_trees_generate(probes):
 
 
 def _agreement_engine(label: str, tmp: Path) -> dict:
-    site = SITES[label]
-    env = bench.tree_env(site)
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "vllm_backends.py"), "engine", "--agreement-only",
-                        "--site", site, "--label", label, "--out", str(tmp)], env=env, cwd=str(ROOT),
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"{label} engine failed (rc {p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}"
-    return json.loads((tmp / f"agreement_{label}.json").read_text())
+    return _run_bench(label, ["engine", "--agreement-only", "--site", SITES[label], "--label", label,
+                              "--out", str(tmp)], tmp / f"agreement_{label}.json")
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +147,9 @@ def test_patched_agrees_with_unpatched(agreement_runs):
 # drafter's backend differs from the target's)
 
 def _dflash(label: str, tmp: Path, target_backend: str | None = None) -> dict:
-    site = SITES[label]
     out = tmp / f"dflash_{label}_{target_backend or 'auto'}.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "vllm_backends.py"), "dflash", "--out", str(out)]
-    cmd += ["--target-backend", target_backend] if target_backend else []
-    p = subprocess.run(cmd, env=bench.tree_env(site), cwd=str(ROOT), capture_output=True, text=True, timeout=400)
-    assert out.exists(), f"{label} dflash probe wrote nothing (rc {p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}"
-    return json.loads(out.read_text())
+    args = ["dflash", "--out", str(out)] + (["--target-backend", target_backend] if target_backend else [])
+    return _run_bench(label, args, out, timeout=400)
 
 
 @pytest.fixture(scope="module")
