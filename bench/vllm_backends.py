@@ -267,7 +267,8 @@ def greedy_with_logits(llm, prompts, max_tokens=32, k=5):
 
 
 def engine_agreement(label: str, out: Path):
-    """Eager engine, realistic-scale deterministic weights (_reinit_rpc), greedy tokens + top-5 logits."""
+    """Eager engine, realistic-scale deterministic weights (_reinit_rpc), greedy tokens + top-5 logits;
+    written to out (a .json path, or a folder: out/agreement_LABEL.json)."""
     import torch
     import vllm
     t0 = time.perf_counter()
@@ -288,13 +289,54 @@ def engine_agreement(label: str, out: Path):
     res["greedy_batched_again"] = greedy_with_logits(llm, agreement_prompts())
     res["greedy_single"] = [greedy_with_logits(llm, [q])[0] for q in agreement_prompts()]
     res["s"] = round(time.perf_counter() - t0, 1)
-    (out / f"agreement_{label}.json").write_text(json.dumps(res))
+    (out if out.suffix == ".json" else out / f"agreement_{label}.json").write_text(json.dumps(res))
     print(f"[{label}] agreement engine done in {res['s']}s backends {json.dumps(res['backends'])} "
           f"reinit {json.dumps(reinit)} first tokens {res['greedy'][0]['tokens'][:8]}", flush=True)
 
 
+def fa4_split_hook(force_hd512: int | None) -> list:
+    """Record FA4's split-KV decision for every call (kernel launches during CUDA graph capture are
+    what the graphs replay), and optionally force num_splits for head_dim-512 calls: an experiment
+    knob for finding out what the full-attention layers lose at decode, not a patch."""
+    from vllm.vllm_flash_attn.cute import interface as fa4
+    log: list = []
+    heuristic, fwd = fa4.num_splits_heuristic, fa4._flash_attn_fwd
+    last: dict = {}
+
+    def logged_heuristic(total_mblocks, num_sms, num_n_blocks, max_splits):
+        r = heuristic(total_mblocks, num_sms, num_n_blocks, max_splits)
+        last.update(total_mblocks=total_mblocks, num_sms=num_sms, num_n_blocks=num_n_blocks, heuristic=r)
+        return r
+
+    def logged_fwd(q, k, v, *args, **kw):
+        hd = q.shape[-1]
+        asked = kw.get("num_splits", 1)
+        if force_hd512 is not None and hd == 512 and kw.get("max_seqlen_q") == 1:
+            kw["num_splits"] = force_hd512
+        last.clear()
+        out = fwd(q, k, v, *args, **kw)
+        log.append({"head_dim": hd, "tokens": q.shape[0], "kv_cache_shape": list(k.shape), "max_seqlen_q": kw.get("max_seqlen_q"),
+                    "max_seqlen_k": kw.get("max_seqlen_k"), "window_left": kw.get("window_size_left"),
+                    "num_splits_asked": asked, "num_splits_passed": kw.get("num_splits"), **last})
+        return out
+
+    logged_fwd.compile_cache = fwd.compile_cache   # the module looks it up on _flash_attn_fwd
+    fa4.num_splits_heuristic, fa4._flash_attn_fwd = logged_heuristic, logged_fwd
+    return log
+
+
+def summarize_split_log(log: list) -> list:
+    """Distinct FA4 split decisions with how often each was made."""
+    seen: dict = {}
+    for e in log:
+        key = json.dumps(e, sort_keys=True)
+        seen[key] = seen.get(key, 0) + 1
+    return [{**json.loads(k), "calls": n} for k, n in sorted(seen.items(), key=lambda kv: -kv[1])][:40]
+
+
 def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile: bool,
-           flash_attn_version: int | None = None, profile_shapes: list[tuple[int, int]] = ()):
+           flash_attn_version: int | None = None, profile_shapes: list[tuple[int, int]] = (),
+           fa4_splits: str | None = None):
     import random
     import torch
     import vllm
@@ -303,12 +345,19 @@ def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile
     from vllm.inputs import TokensPrompt
     t0 = time.perf_counter()
     write_model_dir()
+    split_log = None
+    if fa4_splits is not None and fa4_available() is True:
+        split_log = fa4_split_hook(None if fa4_splits == "log" else int(fa4_splits))
     llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85, flash_attn_version=flash_attn_version)
     res = {"label": label, "site": site, "flash_attn_version_option": flash_attn_version, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
            "torch": torch.__version__, "transformers": transformers.__version__,
            "gpu": torch.cuda.get_device_name(), "init_s": round(time.perf_counter() - t0, 1)}
     print(f"[{label}] INIT {res['init_s']}s vllm {vllm.__version__} from {vllm.__file__}", flush=True)
     res["fa4_available"] = fa4_available()
+    if split_log is not None:
+        res["fa4_splits_option"] = fa4_splits
+        res["fa4_split_decisions_init"] = summarize_split_log(split_log)
+        split_log.clear()
     per_layer = llm.collective_rpc(_backends_rpc)[0]
     res["backends_per_layer"] = per_layer
     res["backends"] = summarize_backends(per_layer)
@@ -360,6 +409,9 @@ def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile
                        "what": f"batch {B}, {L} in, 256 out; B*255 / (t(256 out) - t(1 out))"}
         print(f"[{label}] {name} {json.dumps({k: v for k, v in w[name].items() if 'times' not in k})}",
               flush=True)
+        if split_log is not None:
+            w[name]["fa4_split_decisions"] = summarize_split_log(split_log)
+            split_log.clear()
         (out / f"engine_{label}.json").write_text(json.dumps(res))
     if profile:
         res["profile_decode_b1"] = profile_decode(llm, torch)
@@ -409,43 +461,121 @@ def profile_decode(llm, torch, steps=64, batch=1, context=1024):
             "top": [{"kernel": n[:160], **v} for n, v in top[:15]]}
 
 
+def fa4_decode_splits(out: Path, block_size: int = 64):
+    """FA4 decode attention alone, as vLLM calls it (paged KV, varlen q of one token per sequence),
+    for Gemma-4-E4B's two layer kinds, at several num_splits (0: FA4's own heuristic, whose choice is
+    recorded): microseconds per call (CUDA-graph replay, median of 5 x 20 calls) and the KV bytes
+    read per microsecond.  Finds whether split-KV leaves decode time on the table."""
+    import torch
+    from vllm.vllm_flash_attn.cute import interface as fa4
+    from vllm.vllm_flash_attn.flash_attn_interface import flash_attn_varlen_func
+    chosen: list = []
+    heuristic = fa4.num_splits_heuristic
+
+    def logged(total_mblocks, num_sms, num_n_blocks, max_splits):
+        r = heuristic(total_mblocks, num_sms, num_n_blocks, max_splits)
+        chosen.append({"total_mblocks": total_mblocks, "num_sms": num_sms, "num_n_blocks": num_n_blocks, "splits": r})
+        return r
+
+    fa4.num_splits_heuristic = logged
+    dev = torch.device("cuda")
+    rows = []
+    cases = [("full hd512", 512, None, 16, 8192), ("full hd512", 512, None, 16, 1024), ("full hd512", 512, None, 1, 1024),
+             ("sliding hd256", 256, 511, 16, 8192), ("sliding hd256", 256, 511, 1, 1024)]
+    for kind, hd, window, B, L in cases:
+        nblk = B * L // block_size
+        kc = torch.randn(nblk, block_size, 2, hd, device=dev, dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
+        q = torch.randn(B, 8, hd, device=dev, dtype=torch.bfloat16)
+        o = torch.empty_like(q)
+        bt = torch.arange(nblk, device=dev, dtype=torch.int32).view(B, -1)
+        cu = torch.arange(B + 1, device=dev, dtype=torch.int32)
+        used = torch.full((B,), L, device=dev, dtype=torch.int32)
+        kv_bytes = B * min(L, (window or L) + 1) * 2 * hd * 2 * 2
+        for ns in (0, 1, 2, 3, 4, 6, 8, 16):
+            chosen.clear()
+
+            def call():
+                flash_attn_varlen_func(q=q, k=kc, v=vc, out=o, cu_seqlens_q=cu, max_seqlen_q=1, seqused_k=used,
+                                       max_seqlen_k=L, softmax_scale=hd ** -0.5, causal=True,
+                                       window_size=[window, 0] if window else None, block_table=bt,
+                                       fa_version=4, num_splits=ns)
+            try:
+                call()
+                torch.cuda.synchronize()
+                s = torch.cuda.Stream()
+                with torch.cuda.stream(s):
+                    call()
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    for _ in range(20):
+                        call()
+                times = []
+                for _ in range(5):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    g.replay()
+                    b.record()
+                    torch.cuda.synchronize()
+                    times.append(a.elapsed_time(b) * 1000 / 20)
+                us = sorted(times)[2]
+                row = {"kind": kind, "batch": B, "context": L, "num_splits": ns, "us": round(us, 2),
+                       "GB_per_s": round(kv_bytes / us / 1e3, 1), "heuristic": chosen[0] if chosen else None}
+            except Exception as e:  # noqa: BLE001
+                row = {"kind": kind, "batch": B, "context": L, "num_splits": ns, "error": f"{type(e).__name__}: {e}"[:300]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "block_size": block_size, "rows": rows}, indent=1))
+
+
 # --------------------------------------------------------------------------- probe (GPU test helper)
 
-def probe(site: str, out: Path):
-    """A small eager engine: per-layer backends and greedy tokens, as JSON (for the GPU test)."""
+def probe(site: str, out: Path, hide_fa4: bool = False):
+    """A small eager engine: per-layer backends and greedy tokens, as JSON (for the GPU test).
+    hide_fa4: vLLM is told FA4 is not installed (FA4_AVAILABLE = False), as on a build without it."""
     import vllm
+    if hide_fa4:
+        from vllm.vllm_flash_attn import flash_attn_interface as fai
+        fai.FA4_AVAILABLE = False
     write_model_dir()
     llm = make_llm(eager=True, max_model_len=2048, gpu_mem=0.6)
     per_layer = llm.collective_rpc(_backends_rpc)[0]
     g = greedy_with_logits(llm, agreement_prompts(4)[:4], max_tokens=8, k=1)
     out.write_text(json.dumps({"vllm": vllm.__version__, "vllm_file": vllm.__file__, "fa4_available": fa4_available(),
+                               "fa4_hidden": hide_fa4,
                                "backends_per_layer": per_layer, "backends": summarize_backends(per_layer),
                                "attention_config_backend": str(llm.llm_engine.vllm_config.attention_config.backend),
                                "greedy_tokens": [x["tokens"] for x in g]}))
 
 
-DFLASH_CONFIG = ROOT / "tests" / "regression" / "vllm" / "configs" / "gemma4-e4b-dflash" / "config.json"
-DRAFT_DIR = Path("/tmp/gemma4-e4b-dflash-dummy")
+DRAFTER_CONFIGS = {"dflash": ROOT / "tests" / "regression" / "vllm" / "configs" / "gemma4-e4b-dflash" / "config.json",
+                   "eagle3": ROOT / "tests" / "regression" / "vllm" / "configs" / "gemma4-e4b-eagle3" / "config.json"}
+SPEC_TOKENS = {"dflash": 8, "eagle3": 3}
 
 
-def dflash_probe(out: Path, target_backend: str | None):
-    """An eager engine: the Gemma-4-E4B-shaped target with a DFlash drafter (5 layers, head_dim 128),
-    dummy weights, the target's re-initialized on a realistic scale. Records whether it builds (and the
-    error if not), every attention layer's backend, and the greedy tokens of one batch of 8 prompts run
-    twice: speculative decoding with greedy verification emits the target's own greedy tokens, so the
-    two runs must agree unless one layer group overwrites another's KV cache blocks."""
+def drafter_probe(out: Path, method: str, target_backend: str | None):
+    """An eager engine: the Gemma-4-E4B-shaped target with a drafter (dflash: 5 layers, head_dim 128,
+    non-causal; eagle3: one Llama layer, head_dim 128, on the target's KV-cache path), dummy weights,
+    the target's re-initialized on a realistic scale. Records whether it builds (and the error if not),
+    every attention layer's backend, and the greedy tokens of one batch of 8 prompts run twice:
+    speculative decoding with greedy verification emits the target's own greedy tokens, so the two
+    runs must agree unless one layer group overwrites another's KV cache blocks."""
     import vllm
     write_model_dir()
-    DRAFT_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(DFLASH_CONFIG, DRAFT_DIR / "config.json")
-    res = {"vllm_file": vllm.__file__, "fa4_available": fa4_available(), "target_backend_option": target_backend}
+    draft_dir = Path(f"/tmp/gemma4-e4b-{method}-dummy")
+    draft_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(DRAFTER_CONFIGS[method], draft_dir / "config.json")
+    res = {"vllm_file": vllm.__file__, "fa4_available": fa4_available(), "method": method,
+           "target_backend_option": target_backend}
     try:
         from vllm import LLM
         extra = {"attention_config": {"backend": target_backend}} if target_backend else {}
         llm = LLM(model=str(MODEL_DIR), load_format="dummy", skip_tokenizer_init=True, max_model_len=2048,
                   dtype="bfloat16", gpu_memory_utilization=0.6, enable_prefix_caching=False, enforce_eager=True,
                   seed=0, logprobs_mode="raw_logits",
-                  speculative_config={"method": "dflash", "model": str(DRAFT_DIR), "num_speculative_tokens": 8},
+                  speculative_config={"method": method, "model": str(draft_dir),
+                                      "num_speculative_tokens": SPEC_TOKENS[method]},
                   **extra)
     except Exception as e:  # noqa: BLE001  (the unpatched tree's failure is the finding)
         res["error"] = f"{type(e).__name__}: {e}"[:2000]
@@ -459,7 +589,7 @@ def dflash_probe(out: Path, target_backend: str | None):
     res["greedy"] = greedy_with_logits(llm, agreement_prompts(), k=1)
     res["greedy_batched_again"] = greedy_with_logits(llm, agreement_prompts(), k=1)
     out.write_text(json.dumps(res))
-    print(f"[dflash] backends {json.dumps(res['backends'])}", flush=True)
+    print(f"[{method}] backends {json.dumps(res['backends'])}", flush=True)
 
 
 def write_model_dir():
@@ -904,10 +1034,17 @@ if __name__ == "__main__":
     e.add_argument("--flash-attn-version", type=int, choices=(2, 3, 4))
     e.add_argument("--profile-decode", action="append", default=[], metavar="BxL",
                    help="also profile one decode step of B prompts of L tokens (e.g. 16x8192)")
+    e.add_argument("--fa4-splits", metavar="log|N", help="record FA4's split-KV decisions (log), or force "
+                   "num_splits=N for head_dim-512 decode calls (an experiment, not the patch)")
     q = sub.add_parser("probe")
     q.add_argument("--site", required=True)
     q.add_argument("--out", type=Path, required=True)
-    d = sub.add_parser("dflash", help="GPU test helper: a Gemma 4 target with a DFlash drafter")
+    q.add_argument("--hide-fa4", action="store_true", help="as on a build without FA4")
+    f = sub.add_parser("fa4-splits", help="FA4 decode attention alone at several num_splits (GPU)")
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--block-size", type=int, default=64)
+    d = sub.add_parser("drafter", help="GPU test helper: a Gemma 4 target with a speculative drafter")
+    d.add_argument("--method", choices=sorted(DRAFTER_CONFIGS), required=True)
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--target-backend", help="the target's --attention-backend (default: vLLM's choice)")
     c = sub.add_parser("record")
@@ -929,10 +1066,12 @@ if __name__ == "__main__":
         engine_agreement(a.label, a.out)
     elif a.cmd == "engine":
         engine(a.site, a.label, a.out, a.reps, a.skip, a.profile, a.flash_attn_version,
-               [tuple(map(int, x.split("x"))) for x in a.profile_decode])
+               [tuple(map(int, x.split("x"))) for x in a.profile_decode], a.fa4_splits)
     elif a.cmd == "probe":
-        probe(a.site, a.out)
-    elif a.cmd == "dflash":
-        dflash_probe(a.out, a.target_backend)
+        probe(a.site, a.out, a.hide_fa4)
+    elif a.cmd == "fa4-splits":
+        fa4_decode_splits(a.out, a.block_size)
+    elif a.cmd == "drafter":
+        drafter_probe(a.out, a.method, a.target_backend)
     else:
         record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log, a.profile_dir)

@@ -108,3 +108,49 @@ def test_human_table_shows_both_directions(regress_project):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "unpatched (must fail)" in r.stdout
     assert "1 failed" in r.stdout and "1 passed" in r.stdout and " ok" in r.stdout
+
+
+def test_installed_site_packages_is_tested_as_is_and_patched_on_a_copy(regress_project, tmp_path):
+    """--site-packages: the GPU host's model (a wheel with compiled kernels, not a source tree). The
+    unpatched side imports the given directory untouched; the patched side is a patched copy; both
+    paths reach the tests, and folders that the site's .pth files name are importable."""
+    project, cache = regress_project
+    site = tmp_path / "site-packages"
+    subprocess.run(["git", "-C", str(project.upstream), "archive", "--output", str(tmp_path / "toy.tar"),
+                    "HEAD", "toy"], check=True)
+    site.mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "toy.tar"), "-C", str(site)], check=True)
+    (site / "extras" / "toy_extra").mkdir(parents=True)
+    (site / "extras" / "toy_extra" / "__init__.py").write_text("")
+    (site / "toy_extra.pth").write_text("# a comment\nextras\nimport os\n")
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    write_test(project, """
+        import os
+        import toy, toy_extra
+
+        def test_ratio_is_lowered_for_moe():
+            here = os.environ["SERIES_UPSTREAM_TREE"]
+            assert toy.__file__.startswith(here) and toy_extra.__file__.startswith(here)
+            assert os.path.isdir(os.environ["SERIES_UNPATCHED_TREE"] + "/toy")
+            assert os.path.isdir(os.environ["SERIES_RUN_SCRATCH"])
+            from toy.settings import RATIO
+            assert RATIO == 0.15
+    """)
+
+    r = project.tool("regress", "--cache", cache, "--env-python", sys.executable, "--upstream", "toy",
+                     "--site-packages", site, "--json")
+
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = json.loads(r.stdout)["patches"][0]
+    assert row["tests"]["toy/test_fix.py::test_ratio_is_lowered_for_moe"] == \
+        {"unpatched": "failed", "patched": "passed", "keeps_upstream": False}
+    assert {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
+
+
+def test_site_packages_without_the_package_is_refused(regress_project, tmp_path):
+    project, cache = regress_project
+    (tmp_path / "site" / "other").mkdir(parents=True)
+    r = project.tool("regress", "--cache", cache, "--env-python", sys.executable, "--upstream", "toy",
+                     "--site-packages", tmp_path / "site")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith(f"no 'toy' package in {tmp_path / 'site'}")

@@ -143,7 +143,7 @@ class TestRunner:
             clone = Path(tmp) / "tree"
             git.clone_shared(tree, clone, commit)
             root = clone / self.up.layout.prefix.rstrip("/")
-            return run_pytest(self.python, list(patch.tests.cpu), clone, root, self.series.root,
+            return run_pytest(self.python, list(patch.tests.cpu), clone, [root], self.series.root,
                               self.series.root / "tests" / "regression" / "pytest.ini")
 
     def fixed_upstream(self, patch, new_base) -> tuple[bool, str | None]:

@@ -45,6 +45,23 @@ def installed_version(site_packages: Path, dist_name: str) -> str | None:
     return None
 
 
+def pth_dirs(site_packages: Path) -> list[Path]:
+    """Existing folders that the .pth files of a site-packages directory add to sys.path (their
+    plain path lines; `import` lines are code and are not run).  PYTHONPATH entries get none of
+    this, so a site used through PYTHONPATH needs them named."""
+    site = Path(site_packages)
+    out: list[Path] = []
+    for pth in sorted(site.glob("*.pth")):
+        for line in pth.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if not line or line.startswith(("#", "import ", "import\t")):
+                continue
+            d = (site / line).resolve()
+            if d.is_dir() and d not in out:
+                out.append(d)
+    return out
+
+
 def _sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
@@ -93,6 +110,7 @@ class InstalledPatcher:
         staging = self.backup.parent / (self.upstream.package + ".staging")
         if staging.exists():
             shutil.rmtree(staging)
+        staging.mkdir(parents=True)   # also when every touched file is new
         # Work on a copy of the touched files; the real files change only once all patches went in.
         for rel in touched:
             src = self.site / rel

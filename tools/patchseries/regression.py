@@ -36,17 +36,19 @@ class TestRun:
         return ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
 
 
-def run_pytest(python: Path, test_ids: list[str], tree: Path, import_root: Path, cwd: Path,
+def run_pytest(python: Path, test_ids: list[str], tree: Path, import_paths: list[Path], cwd: Path,
                config: Path | None, extra_env: dict | None = None, timeout=1800,
                plugin: Path | None = None) -> TestRun:
     """Run pytest in an upstream environment with the tree importable; collect per-test records.
 
+    import_paths: what goes first on PYTHONPATH (the tree's import root, and for an installed
+    site-packages the folders its .pth files name).
     plugin: a conftest.py loaded instead of the tree's own conftest files (for upstream's unit
     tests, whose conftest needs a GPU machine's packages): our stand-ins for compiled extensions."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         results = Path(f.name)
     env = {**os.environ, **(extra_env or {}),
-           "PYTHONPATH": os.pathsep.join([str(import_root), str(PLUGIN_DIR)]
+           "PYTHONPATH": os.pathsep.join([*map(str, import_paths), str(PLUGIN_DIR)]
                                          + ([str(plugin.parent)] if plugin else [])),
            "SERIES_UPSTREAM_TREE": str(tree), "SERIES_RESULTS_JSON": str(results),
            "PYTHONDONTWRITEBYTECODE": "1"}
