@@ -13,8 +13,12 @@ device run measures both, each engine in its own process (unpatched first), same
   python3 bench/vllm_backends.py prepare .stage/vllm
   # on the GPU host, one transfer per part (carry .stage/vllm/cN):
   bash .stage/vllm/cN/install.sh stage /tmp/stage
-  # on the GPU host, last call: install, patch the copy, measure both trees, run the GPU test
+  # on the GPU host, last call: install, patch the copy, measure both trees
   python3 bench/vllm_backends.py run .stage/vllm --out $OUT
+  # the GPU tests (not part of the benchmark): tools/regress.py --gpu --upstream vllm --site-packages ...
+  # FA4 decode attention alone at several split counts, and its record:
+  python3 bench/vllm_backends.py fa4-splits --out $OUT/fa4_splits.json
+  python3 bench/vllm_backends.py record-splits /path/to/fa4_splits.json
   # here: record the JSON it wrote as bench/results/vllm_backends.{json,md}
   python3 bench/vllm_backends.py record /path/to/vllm_backends.json
 
@@ -716,7 +720,7 @@ def run_agreement(site_u: Path, site_p: Path, out: Path, budget_s: float, res: d
 
 
 def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget_s: float,
-        profile: bool, test: bool, agreement_only: bool = False, variant: bool = False):
+        profile: bool, agreement_only: bool = False, variant: bool = False):
     t_start = time.time()
     deadline = t_start + budget_s
     out.mkdir(parents=True, exist_ok=True)
@@ -780,7 +784,7 @@ def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget
         runs.append(("patched_fa3", site_p, 3))
     for i, (label, site, fa_version) in enumerate(runs):
         left = deadline - time.time()
-        reserve = (150 if test else 20) + 150 * (len(runs) - 1 - i)
+        reserve = 20 + 150 * (len(runs) - 1 - i)
         timeout = max(60.0, min(300.0, left - reserve))
         cmd = [sys.executable, str(Path(__file__).relative_to(ROOT)), "engine", "--site", str(site),
                "--label", label, "--out", str(out), "--reps", str(reps)]
@@ -805,27 +809,8 @@ def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget
     save()
     print(markdown(res), flush=True)
 
-    # 3. the GPU test module, which runs its own (eager) engines
-    if test:
-        left = deadline - time.time()
-        tcmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
-                "tests/gpu/test_vllm_gemma4_backends_gpu.py"]
-        res["commands"]["gpu_test"] = ("VLLM_UNPATCHED_SITE=" + str(site_u) + " VLLM_PATCHED_SITE=" + str(site_p)
-                                      + " python3 " + " ".join(tcmd[1:]))
-        if left < 70:
-            res["gpu_test"] = {"rc": "not run", "why": f"{left:.0f}s left"}
-        else:
-            env = {**os.environ, "VLLM_UNPATCHED_SITE": str(site_u), "VLLM_PATCHED_SITE": str(site_p),
-                   "PYTHONUNBUFFERED": "1"}
-            rc = _stream(tcmd, env, out / "gpu_test.log", left - 5, "test_vllm_gemma4")
-            lines = (out / "gpu_test.log").read_text().splitlines()
-            res["gpu_test"] = {"rc": rc, "summary": [ln for ln in lines if "PASSED" in ln or "FAILED" in ln
-                                                     or "SKIPPED" in ln or " passed" in ln or " failed" in ln
-                                                     or "Error" in ln][-20:]}
-        res["timeline_s"]["gpu_test_done"] = round(time.time() - t_start, 1)
-        save()
     print(json.dumps({"ratios": res["ratios"], "agreement": res.get("agreement"),
-                      "gpu_test": res.get("gpu_test"), "timeline_s": res["timeline_s"]}), flush=True)
+                      "timeline_s": res["timeline_s"]}), flush=True)
 
 
 # --------------------------------------------------------------------------- record (here)
@@ -930,7 +915,7 @@ def markdown(res) -> str:
                 lines += [f"| `{k['kernel'][:90]}` | {k['us']} | {k['launches']} |" for k in prof["top"][:10]]
     gt = res.get("gpu_test")
     if gt:
-        lines += ["", f"## GPU test: tests/gpu/test_vllm_gemma4_backends_gpu.py (rc {gt.get('rc')})", ""]
+        lines += ["", f"## GPU tests: tools/regress.py --gpu (rc {gt.get('rc')})", ""]
         lines += [f"    {s}" for s in gt.get("summary", [gt.get("why", "")])]
     lines += ["", "## Commands", "", "Here (CPU): `python3 bench/vllm_backends.py prepare .stage/vllm` which ran:",
               f"`python3 {prep['build_command']}`", "",
@@ -970,13 +955,12 @@ def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path
         res["commands"]["engine_patched_fa3"] = (
             f"PYTHONPATH={tree_env(site_p)['PYTHONPATH']} python3 bench/vllm_backends.py engine --site {site_p} "
             "--label patched_fa3 --out $OUT --reps 2 --profile --flash-attn-version 3")
-    if gpu_test_log:
+    if gpu_test_log:   # the table `tools/regress.py --gpu --upstream vllm --site-packages ...` printed
         lines = gpu_test_log.read_text().splitlines()
-        res["gpu_test"] = {"rc": 0 if any(" passed" in ln and "failed" not in ln for ln in lines) else 1,
-                           "summary": [ln for ln in lines if "PASSED" in ln or "FAILED" in ln or " passed" in ln
-                                       or " failed" in ln]}
-        res["commands"]["gpu_test"] = (f"VLLM_UNPATCHED_SITE={site_u} VLLM_PATCHED_SITE={site_p} python3 -m pytest "
-                                       "-v -p no:cacheprovider tests/gpu/test_vllm_gemma4_backends_gpu.py")
+        res["gpu_test"] = {"rc": 0 if lines and not any("NOT OK" in ln for ln in lines) else 1,
+                           "summary": [ln for ln in lines if ln.startswith(("upstream", "vllm", "-"))]}
+        res["commands"]["gpu_test"] = (f"PYTHONPATH=/tmp/toolsite python3 tools/regress.py --gpu --upstream vllm "
+                                       f"--site-packages {site_u} --env-python python3")
     if engine_dir:
         e = {k: json.loads((engine_dir / f"engine_{k}.json").read_text()) for k in ("unpatched", "patched")}
         res["agreement"] = agreement(e["unpatched"]["greedy"], e["patched"]["greedy"])
@@ -1003,6 +987,45 @@ def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path
     print(f"recorded {dest / 'vllm_backends.md'}")
 
 
+def record_splits(json_path: Path, notes: Path | None = None):
+    """bench/results/vllm_fa4_decode_splits.{json,md} from the JSON of `fa4-splits` (notes: the findings,
+    written by a person, put first)."""
+    res = json.loads(json_path.read_text())
+    if notes:
+        res["notes"] = notes.read_text()
+    res["command"] = "PYTHONPATH=<vLLM 0.20.2 site-packages> python3 bench/vllm_backends.py fa4-splits --out $OUT/fa4_splits.json"
+    rows = res["rows"]
+    cases = []
+    for r in rows:
+        key = (r["kind"], r["batch"], r["context"])
+        if key not in cases:
+            cases.append(key)
+    splits = sorted({r["num_splits"] for r in rows})
+    lines = ["# FA4 decode attention alone: split-KV counts (vLLM 0.20.2's FA4, Gemma-4-E4B layer shapes)", "",
+             res.get("notes", ""), f"GPU: {res['gpu']} · paged KV, block size {res['block_size']} · bf16 · 8 query heads, 2 KV heads · "
+             "one query token per sequence (decode), called as vLLM's FlashAttention backend calls FA4 · "
+             "CUDA-graph replay, median of 5 x 20 calls", "",
+             "Microseconds per call (KV read rate in GB/s); num_splits 0 is FA4's own heuristic (what vLLM passes), "
+             "its choice in brackets.", "",
+             "| layer | batch | context | " + " | ".join(f"splits {n}" if n else "heuristic" for n in splits) + " |",
+             "|---|---|---|" + "---|" * len(splits)]
+    for kind, b, L in cases:
+        cells = []
+        for n in splits:
+            r = next((x for x in rows if (x["kind"], x["batch"], x["context"], x["num_splits"]) == (kind, b, L, n)), None)
+            if r is None or "us" not in r:
+                cells.append(r.get("error", "-")[:40] if r else "-")
+                continue
+            pick = f" [{r['heuristic']['splits']}]" if r.get("heuristic") else ""
+            cells.append(f"{r['us']} ({r['GB_per_s']:.0f}){pick}")
+        lines.append(f"| {kind} | {b} | {L} | " + " | ".join(cells) + " |")
+    lines += ["", f"Command (GPU host): `{res['command']}`", ""]
+    dest = ROOT / "bench" / "results"
+    (dest / "vllm_fa4_decode_splits.json").write_text(json.dumps(res, indent=1) + "\n")
+    (dest / "vllm_fa4_decode_splits.md").write_text("\n".join(lines))
+    print(f"recorded {dest / 'vllm_fa4_decode_splits.md'}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1018,7 +1041,6 @@ if __name__ == "__main__":
     r.add_argument("--skip", action="append", default=[], choices=WORKLOADS)
     r.add_argument("--budget", type=float, default=560, help="seconds for the whole run")
     r.add_argument("--profile", action="store_true", help="profile one b=1 decode step per tree")
-    r.add_argument("--no-test", action="store_true", help="do not run the GPU test module")
     r.add_argument("--agreement-only", action="store_true",
                    help="only the agreement check on realistic-scale weights (eager engines)")
     r.add_argument("--variant", action="store_true",
@@ -1047,21 +1069,23 @@ if __name__ == "__main__":
     d.add_argument("--method", choices=sorted(DRAFTER_CONFIGS), required=True)
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--target-backend", help="the target's --attention-backend (default: vLLM's choice)")
+    rs = sub.add_parser("record-splits", help="bench/results/vllm_fa4_decode_splits.{json,md} from fa4-splits' JSON")
+    rs.add_argument("json", type=Path)
+    rs.add_argument("--notes", type=Path, help="markdown written by a person: the findings, put first")
     c = sub.add_parser("record")
     c.add_argument("json", type=Path)
     c.add_argument("--agreement", type=Path, help="vllm_backends_agreement.json of a run --agreement-only")
     c.add_argument("--engine-dir", type=Path, help="folder with the run's engine_*.json")
     c.add_argument("--notes", type=Path, help="markdown written by a person: the findings, put first")
     c.add_argument("--variant", type=Path, help="engine_patched_fa3.json (engine --flash-attn-version 3)")
-    c.add_argument("--gpu-test-log", type=Path, help="output of pytest -v tests/gpu/test_vllm_gemma4_backends_gpu.py")
+    c.add_argument("--gpu-test-log", type=Path, help="the table tools/regress.py --gpu --upstream vllm printed")
     c.add_argument("--profile-dir", type=Path, help="folder with engine_*.json of engine --profile-decode runs")
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.stage, a.max_part)
     elif a.cmd == "run":
         t = time.time()
-        run(a.stage, a.site, a.out, a.reps, a.skip, a.budget, a.profile, not a.no_test, a.agreement_only,
-            a.variant)
+        run(a.stage, a.site, a.out, a.reps, a.skip, a.budget, a.profile, a.agreement_only, a.variant)
     elif a.cmd == "engine" and a.agreement_only:
         engine_agreement(a.label, a.out)
     elif a.cmd == "engine":
@@ -1073,5 +1097,7 @@ if __name__ == "__main__":
         fa4_decode_splits(a.out, a.block_size)
     elif a.cmd == "drafter":
         drafter_probe(a.out, a.method, a.target_backend)
+    elif a.cmd == "record-splits":
+        record_splits(a.json, a.notes)
     else:
         record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log, a.profile_dir)
