@@ -77,6 +77,20 @@ def test_wheel_with_series_overlaid_is_verified_against_the_patched_tree(wheel_p
     assert (target / "toy-1.0.dist-info/METADATA").exists()
 
 
+def test_unpatched_build_is_the_release_as_is_checked_against_the_unpatched_tree(wheel_project, tmp_path):
+    """The unpatched side of the GPU tier (tools/regress.py --gpu --site-packages)."""
+    root, cache, index = wheel_project
+    target = tmp_path / "site"
+
+    r = build(root, cache, index, "--unpatched", "--target", target)
+
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["series_files"] == [] and out["other_py_differing"] == []
+    assert (target / "toy/model.py").read_text() == MODEL
+    assert not (target / "toy/kernel.py").exists()
+
+
 def test_bundle_parts_carried_in_several_transfers_install_and_verify(wheel_project, tmp_path):
     root, cache, index = wheel_project
     out_dir = tmp_path / "bundle"

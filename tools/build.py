@@ -14,6 +14,7 @@ most --max-part, sha256 sums, an install script; dependency wheels from --deps g
      then PYTHONPATH=/opt/patched/site-packages (dependency wheels are installed there too)
 
   tools/build.py sglang --target /tmp/sglang-site
+  tools/build.py sglang --unpatched --deps tests/regression/sglang/gpu-host-deps.txt --bundle .stage/sglang
   tools/build.py vllm --drop 'vllm/vllm_flash_attn/_vllm_fa2_C*' --drop 'vllm/_moe_C*' \\
       --deps shared/gpu/vllm-0.21.0-offline-deps.txt --bundle /tmp/vllm-bundle --max-part 60MB
 
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("upstream", help="vllm or sglang")
     ap.add_argument("--checkout", metavar="PATH", help="take the patched files from this clone "
                     "(series applied) instead of applying the series to the pin")
+    ap.add_argument("--unpatched", action="store_true", help="the pinned wheel as released, nothing laid "
+                    "over it (checked against the unpatched tree): the unpatched side of "
+                    "tools/regress.py --gpu --site-packages")
     ap.add_argument("--target", metavar="DIR", help="site-packages directory to build "
                     "(default <cache>/build/<upstream>-<version>/site-packages)")
     ap.add_argument("--drop", metavar="GLOB", action="append", default=[],
@@ -63,13 +67,16 @@ def main(argv=None) -> int:
     out_root = Path(args.target).parent if args.target else cache.root / "build" / f"{up.name}-{version}"
     target = Path(args.target) if args.target else out_root / "site-packages"
     with tempfile.TemporaryDirectory(prefix="patchseries-build-") as tmp:
-        tree = patched_tree(series, up, cache, args, Path(tmp))
+        if args.unpatched and args.checkout:
+            raise UserError("--unpatched builds the pinned release: leave out --checkout")
+        tree = cache.tree_at(up, Path(tmp) / "tree") if args.unpatched else \
+            patched_tree(series, up, cache, args, Path(tmp))
         wheel = pinned_wheel(up, cache)
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         dropped = unpack_wheel(wheel, target, args.drop)
-        touched = overlay(series, up, tree, target)
+        touched = [] if args.unpatched else overlay(series, up, tree, target)
         check = verify(up, tree, target, touched)
     result = {"upstream": up.name, "version": version, "wheel": wheel.name, "target": str(target),
               "dropped_files": dropped, "series_files": touched, **check, "bundle": None}

@@ -143,10 +143,12 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
                 continue
             t0 = time.monotonic()
             say(args, f"{patch.name}: running {len(ids)} test module(s) unpatched and patched")
+            # a module may hold CPU and GPU tests of one patch: each tier runs its own
+            tier = ["-m", "gpu"] if args.gpu else ["-m", "not gpu"]
             before = run_pytest(python, ids, unpatched, paths(import_root(unpatched)), series.root, config,
-                                extra_env=env)
+                                extra_env=env, pytest_args=tier)
             after = run_pytest(python, ids, patched, paths(import_root(patched)), series.root, config,
-                               extra_env=env)
+                               extra_env=env, pytest_args=tier)
             row["unpatched"], row["patched"] = before.summary(), after.summary()
             row["tests"] = {n: {"unpatched": before.records.get(n, {}).get("outcome", "absent"),
                                 "patched": r["outcome"], "keeps_upstream": r["keeps_upstream"]}

@@ -38,7 +38,7 @@ class TestRun:
 
 def run_pytest(python: Path, test_ids: list[str], tree: Path, import_paths: list[Path], cwd: Path,
                config: Path | None, extra_env: dict | None = None, timeout=1800,
-               plugin: Path | None = None) -> TestRun:
+               plugin: Path | None = None, pytest_args: list[str] = ()) -> TestRun:
     """Run pytest in an upstream environment with the tree importable; collect per-test records.
 
     import_paths: what goes first on PYTHONPATH (the tree's import root, and for an installed
@@ -57,7 +57,7 @@ def run_pytest(python: Path, test_ids: list[str], tree: Path, import_paths: list
         cmd += ["-c", str(config), "--rootdir", str(config.parent)]
     if plugin:
         cmd += ["--noconftest", "-p", plugin.stem]
-    cmd += test_ids
+    cmd += [*pytest_args, *test_ids]
     try:
         p = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
         rc, tail = p.returncode, (p.stdout + p.stderr)[-3000:]

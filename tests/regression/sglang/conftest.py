@@ -8,8 +8,9 @@ Run (see tests/regression/pytest.ini and CONVENTIONS.md):
 What this file does, before any test module imports SGLang:
 
 (a) It checks that ``sglang`` is imported from ``$SERIES_UPSTREAM_TREE/python`` (the
-    materialized upstream tree with the series applied), never from a site-packages
-    copy, and stops the run otherwise.
+    materialized upstream tree with the series applied), or from ``$SERIES_UPSTREAM_TREE``
+    itself when that is the installed site-packages under test (tools/regress.py
+    --site-packages, on a GPU host), never from another copy, and stops the run otherwise.
 
 (b) Stand-ins. At SGLang 0.5.12.post1 every import these tests need
     (``sglang.srt.server_args``, ``sglang.srt.configs.model_config``,
@@ -18,6 +19,7 @@ What this file does, before any test module imports SGLang:
     SGLang only imports them behind its own ``is_cuda()`` checks. So no module is stood
     in, and no device is faked: a stand-in CUDA device would make those guarded imports
     run and drag the compiled packages in. Instead, on a machine without a CUDA device
+    (or without SGLang's compiled kernel package: a GPU host that only has torch and Triton)
     the suite selects SGLang's own CPU engine (``SGLANG_USE_CPU_ENGINE=1``, the upstream
     switch for running SGLang on a CPU), so that model layers are built with their
     CPU/native code paths (e.g. ``RotaryEmbedding`` would otherwise import
@@ -50,14 +52,35 @@ if not _tree:
         "python/sglang/...) and put <tree>/python on PYTHONPATH.",
         returncode=4,
     )
-_expected_pkg = (Path(_tree) / "python" / "sglang").resolve()
-if not (_expected_pkg / "__init__.py").is_file():
+# A materialized tree (git layout: python/sglang) or, on a GPU host, an installed site-packages
+# directory (tools/regress.py --site-packages: sglang/ at its top).
+_expected_pkg = next(
+    (
+        (Path(_tree) / sub / "sglang").resolve()
+        for sub in ("python", ".")
+        if (Path(_tree) / sub / "sglang" / "__init__.py").is_file()
+    ),
+    None,
+)
+if _expected_pkg is None:
     pytest.exit(
-        f"{_TREE_ENV}={_tree} does not hold python/sglang/__init__.py (git layout).",
+        f"{_TREE_ENV}={_tree} holds neither python/sglang/__init__.py (git layout) nor "
+        "sglang/__init__.py (site-packages).",
         returncode=4,
     )
 
-if not REAL_CUDA:
+
+def _has_sglang_kernels() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sgl_kernel") is not None
+
+
+# Without a CUDA device, or on a GPU host without SGLang's compiled kernel package (the routing
+# kernel under test is Triton and needs none), import SGLang with its CPU code paths: with them
+# the CUDA-only imports behind is_cuda() are not made. The GPU tests still run on CUDA tensors.
+SGLANG_KERNELS = REAL_CUDA and _has_sglang_kernels()
+if not SGLANG_KERNELS:
     # Must be set before SGLang is imported: many modules read it at import time.
     os.environ["SGLANG_USE_CPU_ENGINE"] = "1"
 
@@ -72,11 +95,26 @@ if _imported_pkg != _expected_pkg:
         returncode=4,
     )
 
+if REAL_CUDA and not SGLANG_KERNELS:
+    # GPU host without SGLang's compiled kernels: SGLang picks its imports by the lru-cached
+    # is_cuda() (torch.cuda.is_available() and torch.version.cuda), which SGLANG_USE_CPU_ENGINE
+    # does not change. Answer it once with torch.version.cuda hidden, so SGLang's modules take
+    # their CPU imports; torch itself, and the tensors and Triton kernels of the tests, stay on CUDA.
+    from sglang.srt.utils import common as _sgl_common
+
+    _cuda_version = torch.version.cuda
+    torch.version.cuda = None
+    try:
+        _sgl_common.is_cuda.cache_clear()
+        _sgl_common.is_cuda()
+    finally:
+        torch.version.cuda = _cuda_version
+
 
 def pytest_report_header(config):
     return [
         f"sglang under test: {_imported_pkg}",
-        f"torch {torch.__version__}; CUDA device: {REAL_CUDA}; "
+        f"torch {torch.__version__}; CUDA device: {REAL_CUDA}; sgl_kernel: {SGLANG_KERNELS}; "
         f"SGLANG_USE_CPU_ENGINE={os.environ.get('SGLANG_USE_CPU_ENGINE', '0')}",
     ]
 
