@@ -82,6 +82,7 @@ def run(stage: Path, out: Path):
     import torch
     import triton
     from torch.profiler import ProfilerActivity, profile
+    from gpu_timing import graph_us
 
     spec = importlib.util.spec_from_file_location("gemma4_fused_ops", stage / "gemma4_fused_ops.py")
     fused = importlib.util.module_from_spec(spec)
@@ -95,29 +96,6 @@ def run(stage: Path, out: Path):
     before = routing_function_from(stage / "unpatched_gemma4_causal.py", ns_before)
     after = routing_function_from(stage / "patched_gemma4_causal.py", ns_after)
 
-    def graph_us(fn, reps=200):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(reps):
-                fn()
-        for _ in range(3):
-            g.replay()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(7):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            torch.cuda.synchronize()
-            ts.append(a.elapsed_time(b) * 1000 / reps)
-        return sorted(ts)[len(ts) // 2]
 
     def launches(fn):
         fn()
@@ -130,7 +108,7 @@ def run(stage: Path, out: Path):
     one = torch.zeros(1, device="cuda")
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "source": (stage / "SOURCE").read_text().strip(), "E": E, "topk": K, "dtype": "bfloat16",
-           "method": "CUDA-graph replay of 200 calls, median of 7 replays, per call",
+           "method": "CUDA-graph replay of 200 calls, median of 7 replays, per call (bench/gpu_timing.py)",
            "command": "python3 bench/routing.py run .stage/routing --out $OUT",
            "one_trivial_launch_us": round(graph_us(lambda: one.add_(1.0)), 2), "rows": []}
     for T in TOKENS:

@@ -471,6 +471,7 @@ def fa4_decode_splits(out: Path, block_size: int = 64):
     recorded): microseconds per call (CUDA-graph replay, median of 5 x 20 calls) and the KV bytes
     read per microsecond.  Finds whether split-KV leaves decode time on the table."""
     import torch
+    from gpu_timing import graph_us
     from vllm.vllm_flash_attn.cute import interface as fa4
     from vllm.vllm_flash_attn.flash_attn_interface import flash_attn_varlen_func
     chosen: list = []
@@ -505,25 +506,7 @@ def fa4_decode_splits(out: Path, block_size: int = 64):
                                        window_size=[window, 0] if window else None, block_table=bt,
                                        fa_version=4, num_splits=ns)
             try:
-                call()
-                torch.cuda.synchronize()
-                s = torch.cuda.Stream()
-                with torch.cuda.stream(s):
-                    call()
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for _ in range(20):
-                        call()
-                times = []
-                for _ in range(5):
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    g.replay()
-                    b.record()
-                    torch.cuda.synchronize()
-                    times.append(a.elapsed_time(b) * 1000 / 20)
-                us = sorted(times)[2]
+                us = graph_us(call, reps=20, replays=5)
                 row = {"kind": kind, "batch": B, "context": L, "num_splits": ns, "us": round(us, 2),
                        "GB_per_s": round(kv_bytes / us / 1e3, 1), "heuristic": chosen[0] if chosen else None}
             except Exception as e:  # noqa: BLE001
