@@ -241,10 +241,13 @@ def summarize_backends(per_layer: dict) -> dict:
     return dict(sorted(summary.items()))
 
 
-def make_llm(eager: bool, max_model_len: int, gpu_mem: float, flash_attn_version: int | None = None):
-    """flash_attn_version: as --attention-config.flash_attn_version (None: vLLM's choice)."""
+def make_llm(eager: bool, max_model_len: int, gpu_mem: float, flash_attn_version: int | None = None,
+             block_size: int | None = None):
+    """flash_attn_version: as --attention-config.flash_attn_version; block_size: as --block-size
+    (None: vLLM's choice)."""
     from vllm import LLM
     extra = {"attention_config": {"flash_attn_version": flash_attn_version}} if flash_attn_version else {}
+    extra.update({"block_size": block_size} if block_size else {})
     return LLM(model=str(MODEL_DIR), load_format="dummy", skip_tokenizer_init=True,
                max_model_len=max_model_len, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
                enable_prefix_caching=False, enforce_eager=eager, seed=0, logprobs_mode="raw_logits", **extra)
@@ -340,7 +343,7 @@ def summarize_split_log(log: list) -> list:
 
 def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile: bool,
            flash_attn_version: int | None = None, profile_shapes: list[tuple[int, int]] = (),
-           fa4_splits: str | None = None):
+           fa4_splits: str | None = None, block_size: int | None = None):
     import random
     import torch
     import vllm
@@ -352,8 +355,10 @@ def engine(site: str, label: str, out: Path, reps: int, skip: list[str], profile
     split_log = None
     if fa4_splits is not None and fa4_available() is True:
         split_log = fa4_split_hook(None if fa4_splits == "log" else int(fa4_splits))
-    llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85, flash_attn_version=flash_attn_version)
-    res = {"label": label, "site": site, "flash_attn_version_option": flash_attn_version, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
+    llm = make_llm(eager=False, max_model_len=10240, gpu_mem=0.85, flash_attn_version=flash_attn_version,
+                   block_size=block_size)
+    res = {"label": label, "site": site, "flash_attn_version_option": flash_attn_version,
+           "block_size_option": block_size, "vllm": vllm.__version__, "vllm_file": vllm.__file__,
            "torch": torch.__version__, "transformers": transformers.__version__,
            "gpu": torch.cuda.get_device_name(), "init_s": round(time.perf_counter() - t0, 1)}
     print(f"[{label}] INIT {res['init_s']}s vllm {vllm.__version__} from {vllm.__file__}", flush=True)
@@ -462,7 +467,7 @@ def profile_decode(llm, torch, steps=64, batch=1, context=1024):
             per_step[name] = {"us": round(us, 2), "launches": round(cnt, 2)}
     top = sorted(per_step.items(), key=lambda kv: -kv[1]["us"])
     return {"steps": steps, "total_us_per_step": round(sum(v["us"] for _, v in top), 1),
-            "top": [{"kernel": n[:160], **v} for n, v in top[:15]]}
+            "top": [{"kernel": n[:160], **v} for n, v in top[:60]]}
 
 
 def fa4_decode_splits(out: Path, block_size: int = 64):
@@ -1039,6 +1044,7 @@ if __name__ == "__main__":
     e.add_argument("--flash-attn-version", type=int, choices=(2, 3, 4))
     e.add_argument("--profile-decode", action="append", default=[], metavar="BxL",
                    help="also profile one decode step of B prompts of L tokens (e.g. 16x8192)")
+    e.add_argument("--block-size", type=int, help="as vLLM's --block-size (default: vLLM's choice)")
     e.add_argument("--fa4-splits", metavar="log|N", help="record FA4's split-KV decisions (log), or force "
                    "num_splits=N for head_dim-512 decode calls (an experiment, not the patch)")
     q = sub.add_parser("probe")
@@ -1073,7 +1079,7 @@ if __name__ == "__main__":
         engine_agreement(a.label, a.out)
     elif a.cmd == "engine":
         engine(a.site, a.label, a.out, a.reps, a.skip, a.profile, a.flash_attn_version,
-               [tuple(map(int, x.split("x"))) for x in a.profile_decode], a.fa4_splits)
+               [tuple(map(int, x.split("x"))) for x in a.profile_decode], a.fa4_splits, a.block_size)
     elif a.cmd == "probe":
         probe(a.site, a.out, a.hide_fa4)
     elif a.cmd == "fa4-splits":
