@@ -71,28 +71,20 @@ def sha256(path: Path) -> str:
 
 # --------------------------------------------------------------------------- prepare (here, CPU)
 
-def _series_copy(dest_dir: Path, vllm_patch: bool):
-    """series.yaml copied into dest_dir with the vLLM patches removed, or replaced by this one patch
-    (its file snapshotted into dest_dir/patches, so the run measures a known version of it)."""
+def _patch_snapshot(dest_dir: Path):
+    """series.yaml copied into dest_dir with the vLLM patches replaced by this benchmark's one patch, its
+    file snapshotted into dest_dir/patches, so that the run measures a known version of it."""
     from ruamel.yaml import YAML
     yaml = YAML()
     yaml.preserve_quotes = True
     doc = yaml.load((ROOT / "series.yaml").read_text())
-    keep = [p for p in (doc.get("patches") or []) if p["upstream"] != "vllm"]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    if (dest_dir / "patches").is_symlink() or (dest_dir / "patches").is_file():
-        (dest_dir / "patches").unlink()
-    elif (dest_dir / "patches").exists():
+    if (dest_dir / "patches").exists():
         shutil.rmtree(dest_dir / "patches")
-    if vllm_patch:
-        keep = [{"name": PATCH_NAME, "upstream": "vllm", "file": PATCH_FILE,
-                 "summary": "Gemma 4: attention backend per layer instead of TRITON_ATTN for all layers",
-                 "why": "snapshot for bench/vllm_backends.py", "status": "carried"}]
-        (dest_dir / "patches" / "vllm").mkdir(parents=True)
-        shutil.copy2(ROOT / "patches" / PATCH_FILE, dest_dir / "patches" / PATCH_FILE)
-    else:
-        (dest_dir / "patches").symlink_to(ROOT / "patches")
-    doc["patches"] = keep
+    (dest_dir / "patches" / "vllm").mkdir(parents=True)
+    shutil.copy2(ROOT / "patches" / PATCH_FILE, dest_dir / "patches" / PATCH_FILE)
+    doc["patches"] = [{"name": PATCH_NAME, "upstream": "vllm", "file": PATCH_FILE,
+                       "summary": "Gemma 4: FlashAttention with FA4 on every layer where FA4 serves head_dim 512",
+                       "why": "snapshot for bench/vllm_backends.py", "status": "carried"}]
     with open(dest_dir / "series.yaml", "w") as f:
         yaml.dump(doc, f)
     return dest_dir / "series.yaml"
@@ -102,9 +94,9 @@ def prepare(stage: Path, max_part: str):
     stage = stage.resolve()
     stage.mkdir(parents=True, exist_ok=True)
     meta = stage / "meta"          # what the last device call needs besides its bundle part
-    base = _series_copy(stage / "series-unpatched", vllm_patch=False)
-    patched = _series_copy(meta / "series-patched", vllm_patch=True)
-    cmd = [sys.executable, str(ROOT / "tools" / "build.py"), "vllm", "--series", str(base),
+    shutil.rmtree(stage / "series-unpatched", ignore_errors=True)   # what earlier versions staged
+    patched = _patch_snapshot(meta / "series-patched")
+    cmd = [sys.executable, str(ROOT / "tools" / "build.py"), "vllm", "--unpatched",
            "--target", "/tmp/vllm-0.20.2-unpatched/site-packages"]
     for g in DROP:
         cmd += ["--drop", g]
