@@ -145,11 +145,8 @@ def markdown(res) -> str:
 
 def record(json_path: Path):
     res = json.loads(json_path.read_text())
-    dest = ROOT / "bench" / "results"
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "routing.json").write_text(json.dumps(res, indent=1) + "\n")
-    (dest / "routing.md").write_text(markdown(res))
-    print(f"recorded {dest / 'routing.md'}")
+    from results_record import write as write_record
+    write_record("routing", res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -122,10 +122,8 @@ def main():
                 assert all(o.outcome in engine.SUCCESS for o in outcomes), outcomes
             print(f"== {label}", flush=True)
             res["trees"][label] = {"patches": [p.name for p in through], "results": run_tree(python, tree)}
-    dest = ROOT / "bench" / "results"
-    (dest / "sglang_swa_pools.json").write_text(json.dumps(res, indent=1) + "\n")
-    (dest / "sglang_swa_pools.md").write_text(markdown(res))
-    print(f"recorded {dest / 'sglang_swa_pools.md'}")
+    from results_record import write as write_record
+    write_record("sglang_swa_pools", res, markdown(res))
 
 
 def markdown(res: dict) -> str:

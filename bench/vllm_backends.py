@@ -959,12 +959,9 @@ def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path
             res["commands"].setdefault(k, v)
     if notes:
         res["notes"] = notes.read_text()
-    dest = ROOT / "bench" / "results"
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "vllm_backends.json").write_text(json.dumps(res, indent=1) + "\n")
-    (dest / "vllm_backends.md").write_text("# vLLM 0.20.2 Gemma 4 attention backends: unpatched vs "
-                                           f"`{PATCH_NAME}`\n\n" + res.get("notes", "") + markdown(res))
-    print(f"recorded {dest / 'vllm_backends.md'}")
+    from results_record import write as write_record
+    write_record("vllm_backends", res, "# vLLM 0.20.2 Gemma 4 attention backends: unpatched vs "
+                 f"`{PATCH_NAME}`\n\n" + res.get("notes", "") + markdown(res))
 
 
 def record_splits(json_path: Path, notes: Path | None = None):
@@ -1000,10 +997,8 @@ def record_splits(json_path: Path, notes: Path | None = None):
             cells.append(f"{r['us']} ({r['GB_per_s']:.0f}){pick}")
         lines.append(f"| {kind} | {b} | {L} | " + " | ".join(cells) + " |")
     lines += ["", f"Command (GPU host): `{res['command']}`", ""]
-    dest = ROOT / "bench" / "results"
-    (dest / "vllm_fa4_decode_splits.json").write_text(json.dumps(res, indent=1) + "\n")
-    (dest / "vllm_fa4_decode_splits.md").write_text("\n".join(lines))
-    print(f"recorded {dest / 'vllm_fa4_decode_splits.md'}")
+    from results_record import write as write_record
+    write_record("vllm_fa4_decode_splits", res, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -108,14 +108,13 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
             patched = Path(tmp) / "patched" / "site-packages"
             say(args, f"copying {unpatched} for the patched side")
             shutil.copytree(unpatched, patched, symlinks=True)
-            import_root = lambda site: site  # noqa: E731
+            import_paths = lambda site: [site, *pth_dirs(site)]  # noqa: E731
             applier = SiteApplier(patched, up)
         else:
             unpatched = cache.tree_at(up, Path(tmp) / "unpatched")
             patched = cache.tree_at(up, Path(tmp) / "patched")
-            import_root = lambda tree: tree / up.layout.prefix.rstrip("/")  # noqa: E731
+            import_paths = lambda tree: [tree / up.layout.prefix.rstrip("/")]  # noqa: E731
             applier = engine.TreeApplier(patched)
-        paths = (lambda root: [root, *pth_dirs(root)]) if args.site_packages else (lambda root: [root])
         env = {"SERIES_UNPATCHED_TREE": str(unpatched), "SERIES_RUN_SCRATCH": str(scratch)}
         blocked = None
         for i, patch in enumerate(carried):
@@ -145,9 +144,9 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
             say(args, f"{patch.name}: running {len(ids)} test module(s) unpatched and patched")
             # a module may hold CPU and GPU tests of one patch: each tier runs its own
             tier = ["-m", "gpu"] if args.gpu else ["-m", "not gpu"]
-            before = run_pytest(python, ids, unpatched, paths(import_root(unpatched)), series.root, config,
+            before = run_pytest(python, ids, unpatched, import_paths(unpatched), series.root, config,
                                 extra_env=env, pytest_args=tier)
-            after = run_pytest(python, ids, patched, paths(import_root(patched)), series.root, config,
+            after = run_pytest(python, ids, patched, import_paths(patched), series.root, config,
                                extra_env=env, pytest_args=tier)
             row["unpatched"], row["patched"] = before.summary(), after.summary()
             row["tests"] = {n: {"unpatched": before.records.get(n, {}).get("outcome", "absent"),
@@ -158,9 +157,9 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
                     and not args.site_packages:
                 standins = series.root / "tests" / "regression" / up.name / "conftest.py"
                 standins = standins if standins.is_file() else None
-                ub = run_pytest(python, list(patch.tests.upstream), unpatched, [import_root(unpatched)],
+                ub = run_pytest(python, list(patch.tests.upstream), unpatched, import_paths(unpatched),
                                 unpatched, None, plugin=standins)
-                ua = run_pytest(python, list(patch.tests.upstream), patched, [import_root(patched)],
+                ua = run_pytest(python, list(patch.tests.upstream), patched, import_paths(patched),
                                 patched, None, plugin=standins)
                 row["upstream_tests"] = f"unpatched: {ub.summary()}\npatched: {ua.summary()}"
                 row["upstream_results"] = {n: {"unpatched": ub.records.get(n, {}).get("outcome", "absent"),
