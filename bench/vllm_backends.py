@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the patch measured by default; `prepare --patch NAME` measures another vLLM patch of the series
 PATCH_NAME = "gemma4-fa4-attention-backend"
-PATCH_FILE = "vllm/gemma4-fa4-attention-backend.patch"
 CONFIG = ROOT / "bench" / "gemma4-e4b-text.config.json"
 DEPS = ROOT / "bench" / "vllm-0.20.2-offline-deps.txt"
 # FA4 (vllm/vllm_flash_attn/cute, 1.2 MB of Python) stays: the patch uses it on Hopper.
@@ -71,59 +71,76 @@ def sha256(path: Path) -> str:
 
 # --------------------------------------------------------------------------- prepare (here, CPU)
 
-def _patch_snapshot(dest_dir: Path):
-    """series.yaml copied into dest_dir with the vLLM patches replaced by this benchmark's one patch, its
-    file snapshotted into dest_dir/patches, so that the run measures a known version of it."""
+def _patch_snapshot(dest_dir: Path, patch: str) -> tuple[Path, str]:
+    """series.yaml copied into dest_dir with the vLLM patches replaced by the one patch measured, its
+    file snapshotted into dest_dir/patches, so that the run measures a known version of it.
+    Returns the snapshot series.yaml and the patch's file (relative to patches/)."""
     from ruamel.yaml import YAML
     yaml = YAML()
     yaml.preserve_quotes = True
     doc = yaml.load((ROOT / "series.yaml").read_text())
+    entry = next((p for p in doc["patches"] if p["name"] == patch and p["upstream"] == "vllm"), None)
+    if entry is None:
+        raise SystemExit(f"no vLLM patch named {patch!r} in series.yaml")
     if (dest_dir / "patches").exists():
         shutil.rmtree(dest_dir / "patches")
     (dest_dir / "patches" / "vllm").mkdir(parents=True)
-    shutil.copy2(ROOT / "patches" / PATCH_FILE, dest_dir / "patches" / PATCH_FILE)
-    doc["patches"] = [{"name": PATCH_NAME, "upstream": "vllm", "file": PATCH_FILE,
-                       "summary": "Gemma 4: FlashAttention with FA4 on every layer where FA4 serves head_dim 512",
+    shutil.copy2(ROOT / "patches" / entry["file"], dest_dir / "patches" / entry["file"])
+    doc["patches"] = [{"name": patch, "upstream": "vllm", "file": entry["file"], "summary": entry["summary"],
                        "why": "snapshot for bench/vllm_backends.py", "status": "carried"}]
     with open(dest_dir / "series.yaml", "w") as f:
         yaml.dump(doc, f)
-    return dest_dir / "series.yaml"
+    return dest_dir / "series.yaml", entry["file"]
 
 
-def prepare(stage: Path, max_part: str):
+def prepare(stage: Path, max_part: str, patch: str = PATCH_NAME, reuse_bundle: bool = False):
     stage = stage.resolve()
     stage.mkdir(parents=True, exist_ok=True)
     meta = stage / "meta"          # what the last device call needs besides its bundle part
     shutil.rmtree(stage / "series-unpatched", ignore_errors=True)   # what earlier versions staged
-    patched = _patch_snapshot(meta / "series-patched")
+    unpatched_site = Path("/tmp/vllm-0.20.2-unpatched/site-packages")
     cmd = [sys.executable, str(ROOT / "tools" / "build.py"), "vllm", "--unpatched",
-           "--target", "/tmp/vllm-0.20.2-unpatched/site-packages"]
+           "--target", str(unpatched_site)]
     for g in DROP:
         cmd += ["--drop", g]
     cmd += ["--deps", str(DEPS), "--bundle", str(stage / "bundle"), "--max-part", max_part, "--json"]
-    print("$", " ".join(cmd[1:]), flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"build failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
-    build = json.loads(p.stdout)
-    if build["series_files"]:
-        raise SystemExit(f"the unpatched build touched series files: {build['series_files']}")
-    # one folder per transfer: the installer, the sums and one part each
-    parts = sorted((stage / "bundle").glob("part-*"))
-    for old in stage.glob("c[0-9]*"):
-        shutil.rmtree(old)
-    for i, part in enumerate(parts, 1):
-        d = stage / f"c{i}"
-        d.mkdir()
-        for f in ("install.sh", "SHA256SUMS", "FILES.sha256"):
-            shutil.copy2(stage / "bundle" / f, d / f)
-        shutil.move(str(part), d / part.name)
+    bundle_keys = ("wheel", "build_command", "dropped_globs", "dropped_files", "fa4_cute_dropped", "parts",
+                   "other_py_differing")
+    if reuse_bundle:   # the unpatched bundle does not depend on the patch: keep c1, c2, ... as staged
+        if not (meta / "PREPARED.json").exists() or not unpatched_site.is_dir():
+            raise SystemExit("--reuse-bundle: run prepare without it first (no earlier bundle here)")
+        earlier = json.loads((meta / "PREPARED.json").read_text())
+        bundle_info = {k: earlier[k] for k in bundle_keys}
+    else:
+        print("$", " ".join(cmd[1:]), flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"build failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
+        build = json.loads(p.stdout)
+        if build["series_files"]:
+            raise SystemExit(f"the unpatched build touched series files: {build['series_files']}")
+        # one folder per transfer: the installer, the sums and one part each
+        parts = sorted((stage / "bundle").glob("part-*"))
+        for old in stage.glob("c[0-9]*"):
+            shutil.rmtree(old)
+        for i, part in enumerate(parts, 1):
+            d = stage / f"c{i}"
+            d.mkdir()
+            for f in ("install.sh", "SHA256SUMS", "FILES.sha256"):
+                shutil.copy2(stage / "bundle" / f, d / f)
+            shutil.move(str(part), d / part.name)
+        bundle_info = {"wheel": build["wheel"], "build_command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
+                       "dropped_globs": DROP, "dropped_files": len(build["dropped_files"]),
+                       "fa4_cute_dropped": any(f.startswith("vllm/vllm_flash_attn/cute/")
+                                               for f in build["dropped_files"]),
+                       "parts": build["bundle"]["parts"], "other_py_differing": build["other_py_differing"]}
+    patched, patch_file = _patch_snapshot(meta / "series-patched", patch)
     # wheels tools/apply.py needs on the host
     tw = meta / "tool-wheels"
     shutil.rmtree(tw, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     "-d", str(tw), *TOOL_WHEELS], check=True)
-    # the patched config.py as tools/apply.py must produce it (checked on the host)
+    # the patched files as tools/apply.py must produce them (checked on the host)
     sys.path.insert(0, str(ROOT / "tools"))
     from patchseries import series as series_mod
     from patchseries.installed import InstalledPatcher
@@ -132,26 +149,24 @@ def prepare(stage: Path, max_part: str):
     up = ser.upstream("vllm")
     probe = Path("/tmp/vllm-0.20.2-probe")
     shutil.rmtree(probe, ignore_errors=True)
-    shutil.copytree("/tmp/vllm-0.20.2-unpatched/site-packages", probe)
+    shutil.copytree(unpatched_site, probe)
     outcomes = InstalledPatcher(probe, up).apply(engine.load_items(ser, list(ser.patches_for("vllm"))))
-    rel = "vllm/model_executor/models/config.py"
-    info = {"wheel": build["wheel"], "build_command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
-            "dropped_globs": DROP, "dropped_files": len(build["dropped_files"]),
-            "fa4_cute_dropped": any(f.startswith("vllm/vllm_flash_attn/cute/")
-                                    for f in build["dropped_files"]),
-            "parts": build["bundle"]["parts"], "other_py_differing": build["other_py_differing"],
-            "patch_sha256": sha256(ROOT / "patches" / PATCH_FILE),
+    files = sorted({f for o in outcomes for f in o.files})
+    info = {"patch": patch, "patch_file": patch_file, **bundle_info,
+            "patch_sha256": sha256(ROOT / "patches" / patch_file),
             "patch_outcomes": [(o.name, o.outcome) for o in outcomes],
-            "expected_patched_sha256": {rel: sha256(probe / rel)},
-            "unpatched_sha256": {rel: sha256(Path("/tmp/vllm-0.20.2-unpatched/site-packages") / rel)}}
-    (meta / "fallback").mkdir(exist_ok=True)
-    shutil.copy2(probe / rel, meta / "fallback" / "config.py")   # used only if apply.py fails there
+            "expected_patched_sha256": {rel: sha256(probe / rel) for rel in files},
+            "unpatched_sha256": {rel: sha256(unpatched_site / rel) for rel in files}}
+    shutil.rmtree(meta / "fallback", ignore_errors=True)
+    for rel in files:   # used only if apply.py fails there
+        (meta / "fallback" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(probe / rel, meta / "fallback" / rel)
     shutil.rmtree(probe, ignore_errors=True)
     (meta / "PREPARED.json").write_text(json.dumps(info, indent=1) + "\n")
     shutil.copy2(CONFIG, meta / "config.json")
     print(json.dumps({k: info[k] for k in ("wheel", "parts", "patch_outcomes", "expected_patched_sha256")},
                      indent=1))
-    print(f"staged in {stage}: " + ", ".join(f"c{i}" for i in range(1, len(parts) + 1)))
+    print(f"staged in {stage}: " + ", ".join(sorted(d.name for d in stage.glob("c[0-9]*"))))
 
 
 # --------------------------------------------------------------------------- engine (GPU host, one tree)
@@ -732,21 +747,22 @@ def run(stage: Path, site_u: Path, out: Path, reps: int, skip: list[str], budget
     except ValueError:
         apply_out = p.stdout[-3000:] + p.stderr[-3000:]
     res["apply"] = {"rc": p.returncode, "output": apply_out, "git": shutil.which("git")}
-    rel = "vllm/model_executor/models/config.py"
-    got_p, got_u = sha256(site_p / rel), sha256(site_u / rel)
-    res["apply"]["patched_file_matches_expected"] = got_p == prepared["expected_patched_sha256"][rel]
-    res["apply"]["unpatched_file_matches_wheel"] = got_u == prepared["unpatched_sha256"][rel]
-    print(f"apply.py rc={p.returncode} patched {rel} as expected: "
+    expected = prepared["expected_patched_sha256"]
+    res["apply"]["patched_file_matches_expected"] = all(sha256(site_p / r) == h for r, h in expected.items())
+    res["apply"]["unpatched_file_matches_wheel"] = all(sha256(site_u / r) == h
+                                                       for r, h in prepared["unpatched_sha256"].items())
+    print(f"apply.py rc={p.returncode} patched {', '.join(expected)} as expected: "
           f"{res['apply']['patched_file_matches_expected']}; unpatched as wheel: "
           f"{res['apply']['unpatched_file_matches_wheel']}", flush=True)
     if p.returncode != 0 or not res["apply"]["patched_file_matches_expected"]:
         print(f"apply.py output: {str(apply_out)[:2000]}", flush=True)
-        if not (meta / "fallback" / "config.py").exists():
+        if not all((meta / "fallback" / r).exists() for r in expected):
             save()
             raise SystemExit("patching failed and no fallback")
-        shutil.copy2(meta / "fallback" / "config.py", site_p / rel)
-        res["apply"]["fallback_used"] = sha256(site_p / rel) == prepared["expected_patched_sha256"][rel]
-        print("FALLBACK: staged patched config.py copied in", flush=True)
+        for r in expected:
+            shutil.copy2(meta / "fallback" / r, site_p / r)
+        res["apply"]["fallback_used"] = all(sha256(site_p / r) == h for r, h in expected.items())
+        print("FALLBACK: staged patched files copied in", flush=True)
     res["timeline_s"]["patched_copy_ready"] = round(time.time() - t_start, 1)
     save()
     if agreement_only:
@@ -816,8 +832,9 @@ def markdown(res) -> str:
     prep = res["prepared"]
     lines = [f"GPU: {u.get('gpu', '?')} · vLLM {u.get('vllm', '?')} ({prep['wheel']}, trimmed) · torch "
              f"{u.get('torch', '?')} · transformers {u.get('transformers', '?')}",
-             f"Patch: `{PATCH_FILE}` (sha256 {prep['patch_sha256'][:16]}…), applied on the host by "
-             f"`tools/apply.py --site-packages` (rc {res.get('apply', {}).get('rc')}, config.py as expected: "
+             f"Patch: `{prep.get('patch_file', 'vllm/gemma4-fa4-attention-backend.patch')}` (sha256 "
+             f"{prep['patch_sha256'][:16]}…), applied on the host by "
+             f"`tools/apply.py --site-packages` (rc {res.get('apply', {}).get('rc')}, patched files as expected: "
              f"{res.get('apply', {}).get('patched_file_matches_expected')}"
              + ("; FALLBACK copy used" if res.get("apply", {}).get("fallback_used") else "") + ").",
              f"FA4: {'dropped from the bundle (vllm/vllm_flash_attn/cute*); ' if prep.get('fa4_cute_dropped') else ''}"
@@ -844,7 +861,10 @@ def markdown(res) -> str:
         key = "prompt_tok_s" if name.startswith("prefill") else "decode_tok_s"
         r = res["ratios"][name]
         t = target_of(name)
-        row = f"| {LABELS[name]} | {a[key]:,.1f} | {b[key]:,.1f} | {r:.3f} | ≥ {t} | {'yes' if r >= t else 'NO'} |"
+        # the targets are issue 4's for the default patch; another patch's ratios stand alone
+        verdict = (f"≥ {t} | {'yes' if r >= t else 'NO'}" if prep.get("patch", PATCH_NAME) == PATCH_NAME
+                   else "— | —")
+        row = f"| {LABELS[name]} | {a[key]:,.1f} | {b[key]:,.1f} | {r:.3f} | {verdict} |"
         c = (v or {}).get("workloads", {}).get(name)
         if v:
             row += f" {c[key]:,.1f} | {c[key] / a[key]:.3f} |" if c else " not measured | |"
@@ -897,8 +917,9 @@ def markdown(res) -> str:
     if gt:
         lines += ["", f"## GPU tests: tools/regress.py --gpu (rc {gt.get('rc')})", ""]
         lines += [f"    {s}" for s in gt.get("summary", [gt.get("why", "")])]
-    lines += ["", "## Commands", "", "Here (CPU): `python3 bench/vllm_backends.py prepare .stage/vllm` which ran:",
-              f"`python3 {prep['build_command']}`", "",
+    patch_opt = "" if prep.get("patch", PATCH_NAME) == PATCH_NAME else f" --patch {prep['patch']}"
+    lines += ["", "## Commands", "", f"Here (CPU): `python3 bench/vllm_backends.py prepare .stage/vllm{patch_opt}` "
+              "which ran (or, with `--reuse-bundle`, had run):", f"`python3 {prep['build_command']}`", "",
               "GPU host, one call per bundle part: `bash .stage/vllm/cN/install.sh stage /tmp/stage`; last call: "
               "`bash .stage/vllm/cN/install.sh install /tmp/stage /tmp/vllm-unpatched` then "
               f"`{res.get('run_command', 'python3 bench/vllm_backends.py run .stage/vllm ...')}`, which ran:"]
@@ -912,8 +933,8 @@ def markdown(res) -> str:
 
 def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path | None = None,
            notes: Path | None = None, variant_json: Path | None = None, gpu_test_log: Path | None = None,
-           profile_dir: Path | None = None):
-    """bench/results/vllm_backends.{json,md} from the run's JSON; optionally with the agreement run's JSON
+           profile_dir: Path | None = None, name: str = "vllm_backends"):
+    """bench/results/<name>.{json,md} (default vllm_backends) from the run's JSON; optionally with the agreement run's JSON
     (run --agreement-only), the dummy-weight agreement recomputed from the engine_*.json of the run, the
     engine_patched_fa3.json of `engine --label patched_fa3 --flash-attn-version 3` and the log of the GPU
     test module, each run on the same machine right after the run."""
@@ -960,8 +981,8 @@ def record(json_path: Path, agreement_json: Path | None = None, engine_dir: Path
     if notes:
         res["notes"] = notes.read_text()
     from results_record import write as write_record
-    write_record("vllm_backends", res, "# vLLM 0.20.2 Gemma 4 attention backends: unpatched vs "
-                 f"`{PATCH_NAME}`\n\n" + res.get("notes", "") + markdown(res))
+    write_record(name, res, "# vLLM 0.20.2 Gemma 4 attention backends: unpatched vs "
+                 f"`{res['prepared'].get('patch', PATCH_NAME)}`\n\n" + res.get("notes", "") + markdown(res))
 
 
 def record_splits(json_path: Path, notes: Path | None = None):
@@ -1007,6 +1028,9 @@ if __name__ == "__main__":
     p = sub.add_parser("prepare")
     p.add_argument("stage", type=Path)
     p.add_argument("--max-part", default="60MB")
+    p.add_argument("--patch", default=PATCH_NAME, help=f"the vLLM patch to measure (default {PATCH_NAME})")
+    p.add_argument("--reuse-bundle", action="store_true",
+                   help="keep the bundle parts an earlier prepare staged (they do not depend on the patch)")
     r = sub.add_parser("run")
     r.add_argument("stage", type=Path)
     r.add_argument("--site", type=Path, default=Path("/tmp/vllm-unpatched/site-packages"),
@@ -1056,9 +1080,11 @@ if __name__ == "__main__":
     c.add_argument("--variant", type=Path, help="engine_patched_fa3.json (engine --flash-attn-version 3)")
     c.add_argument("--gpu-test-log", type=Path, help="the table tools/regress.py --gpu --upstream vllm printed")
     c.add_argument("--profile-dir", type=Path, help="folder with engine_*.json of engine --profile-decode runs")
+    c.add_argument("--name", default="vllm_backends", help="record name under bench/results/ (one per GPU "
+                   "model: vllm_backends is the H100's, vllm_backends_h200 the H200's)")
     a = ap.parse_args()
     if a.cmd == "prepare":
-        prepare(a.stage, a.max_part)
+        prepare(a.stage, a.max_part, a.patch, a.reuse_bundle)
     elif a.cmd == "run":
         t = time.time()
         run(a.stage, a.site, a.out, a.reps, a.skip, a.budget, a.profile, a.agreement_only, a.variant)
@@ -1076,4 +1102,4 @@ if __name__ == "__main__":
     elif a.cmd == "record-splits":
         record_splits(a.json, a.notes)
     else:
-        record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log, a.profile_dir)
+        record(a.json, a.agreement, a.engine_dir, a.notes, a.variant, a.gpu_test_log, a.profile_dir, a.name)
