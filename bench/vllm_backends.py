@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: vLLM 0.20.2 Gemma 4 attention backends, unpatched vs patch
 `gemma4-fa4-attention-backend` (FlashAttention with FA4 on every layer where FA4 serves head_dim 512,
-instead of TRITON_ATTN on every layer).
+instead of TRITON_ATTN on every layer), or vs another vLLM patch of the series (`prepare --patch NAME`,
+e.g. gemma4-triton-sliding-window-decode-split; `--reuse-bundle` keeps the staged bundle parts).
 
 Both sides run the real vLLM 0.20.2 wheel (trimmed for Hopper) on the GPU host: the unpatched tree is
 the wheel as built by tools/build.py with no vLLM patch; the patched tree is a copy of it patched on
