@@ -39,7 +39,7 @@ from patchseries import cli, engine, report  # noqa: E402
 from patchseries.errors import EXIT_OK, EXIT_STOPPED, UserError, main_wrapper  # noqa: E402
 from patchseries.installed import InstalledPatcher, pth_dirs  # noqa: E402
 from patchseries.pyenv import PythonEnv  # noqa: E402
-from patchseries.regression import judge_patch_tests, judge_upstream_tests, run_pytest  # noqa: E402
+from patchseries.regression import judge_patch_tests, judge_upstream_tests, run_both, run_pytest  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -144,10 +144,12 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
             say(args, f"{patch.name}: running {len(ids)} test module(s) unpatched and patched")
             # a module may hold CPU and GPU tests of one patch: each tier runs its own
             tier = ["-m", "gpu"] if args.gpu else ["-m", "not gpu"]
-            before = run_pytest(python, ids, unpatched, import_paths(unpatched), series.root, config,
-                                extra_env=env, pytest_args=tier)
-            after = run_pytest(python, ids, patched, import_paths(patched), series.root, config,
-                               extra_env=env, pytest_args=tier)
+            before, after = run_both(
+                lambda: run_pytest(python, ids, unpatched, import_paths(unpatched), series.root, config,
+                                   extra_env=env, pytest_args=tier),
+                lambda: run_pytest(python, ids, patched, import_paths(patched), series.root, config,
+                                   extra_env=env, pytest_args=tier),
+                parallel=not args.gpu)
             row["unpatched"], row["patched"] = before.summary(), after.summary()
             row["tests"] = {n: {"unpatched": before.records.get(n, {}).get("outcome", "absent"),
                                 "patched": r["outcome"], "keeps_upstream": r["keeps_upstream"]}
@@ -157,10 +159,12 @@ def regress_upstream(series, up, carried, only, args, cache) -> list[dict]:
                     and not args.site_packages:
                 standins = series.root / "tests" / "regression" / up.name / "conftest.py"
                 standins = standins if standins.is_file() else None
-                ub = run_pytest(python, list(patch.tests.upstream), unpatched, import_paths(unpatched),
-                                unpatched, None, plugin=standins)
-                ua = run_pytest(python, list(patch.tests.upstream), patched, import_paths(patched),
-                                patched, None, plugin=standins)
+                ub, ua = run_both(
+                    lambda: run_pytest(python, list(patch.tests.upstream), unpatched, import_paths(unpatched),
+                                       unpatched, None, plugin=standins),
+                    lambda: run_pytest(python, list(patch.tests.upstream), patched, import_paths(patched),
+                                       patched, None, plugin=standins),
+                    parallel=True)
                 row["upstream_tests"] = f"unpatched: {ub.summary()}\npatched: {ua.summary()}"
                 row["upstream_results"] = {n: {"unpatched": ub.records.get(n, {}).get("outcome", "absent"),
                                                "patched": r["outcome"]} for n, r in ua.records.items()}

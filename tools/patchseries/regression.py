@@ -75,6 +75,18 @@ def run_pytest(python: Path, test_ids: list[str], tree: Path, import_paths: list
     return TestRun(records, rc, tail)
 
 
+def run_both(unpatched, patched, parallel: bool) -> tuple[TestRun, TestRun]:
+    """Run the unpatched and the patched side (two calls of run_pytest) at once when parallel: the
+    CPU tier's pytest processes share nothing but the machine's cores.  The GPU tier runs them one
+    after the other (one GPU, and its tests share a scratch folder)."""
+    if not parallel:
+        return unpatched(), patched()
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        before, after = pool.submit(unpatched), pool.submit(patched)
+        return before.result(), after.result()
+
+
 def judge_patch_tests(unpatched: TestRun, patched: TestRun) -> list[str]:
     """Problems with a patch's own tests (empty: verified both ways)."""
     problems = []
